@@ -1,0 +1,229 @@
+/*
+ * Private-key operations on OpenSSL keys, run as async work on the libuv pool.
+ *
+ * Why this exists: Node's crypto.sign() always hashes its input, so it cannot sign a
+ * digest that arrives over the wire (ECDSA, RSA-PSS), and its synchronous calls would
+ * block the event loop. This addon links against the OpenSSL that Node itself exports,
+ * so it needs no library of its own, and calls EVP_PKEY_sign / EVP_DigestSign /
+ * EVP_PKEY_decrypt off the event loop.
+ *
+ * The JavaScript side never sees key material after loadKey(): a key is an opaque
+ * external whose EVP_PKEY is freed by the garbage collector.
+ */
+#include <node_api.h>
+#include <openssl/evp.h>
+#include <openssl/err.h>
+#include <openssl/rsa.h>
+#include <string.h>
+#include <stdlib.h>
+
+enum op_kind { OP_RSA_PKCS1 = 0, OP_RSA_PSS = 1, OP_ECDSA = 2, OP_ED25519 = 3, OP_DECRYPT_RAW = 4, OP_DECRYPT_OAEP_SHA256 = 5 };
+enum hash_id { HASH_NONE = 0, HASH_SHA1 = 1, HASH_SHA224 = 2, HASH_SHA256 = 3, HASH_SHA384 = 4, HASH_SHA512 = 5 };
+
+#define NAPI_CALL(env, call)                                   \
+  do {                                                         \
+    if ((call) != napi_ok) {                                   \
+      napi_throw_error((env), NULL, "keyless_openssl: N-API call failed: " #call); \
+      return NULL;                                             \
+    }                                                          \
+  } while (0)
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  EVP_PKEY *pkey;
+  int op;
+  int hash;
+  unsigned char *input;
+  size_t input_len;
+  unsigned char *output;
+  size_t output_len;
+  char error[256];
+} job_t;
+
+static const EVP_MD *md_for(int hash) {
+  switch (hash) {
+    case HASH_SHA1: return EVP_sha1();
+    case HASH_SHA224: return EVP_sha224();
+    case HASH_SHA256: return EVP_sha256();
+    case HASH_SHA384: return EVP_sha384();
+    case HASH_SHA512: return EVP_sha512();
+    default: return NULL;
+  }
+}
+
+static void record_error(job_t *job, const char *what) {
+  unsigned long code = ERR_get_error();
+  if (code != 0) {
+    char reason[200];
+    ERR_error_string_n(code, reason, sizeof reason);
+    snprintf(job->error, sizeof job->error, "%s: %s", what, reason);
+  } else {
+    snprintf(job->error, sizeof job->error, "%s", what);
+  }
+  ERR_clear_error();
+}
+
+static int run_pkey_ctx_op(job_t *job) {
+  EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(job->pkey, NULL);
+  int ok = 0;
+  int decrypting = job->op == OP_DECRYPT_RAW || job->op == OP_DECRYPT_OAEP_SHA256;
+  if (ctx == NULL) { record_error(job, "EVP_PKEY_CTX_new failed"); return 0; }
+  if ((decrypting ? EVP_PKEY_decrypt_init(ctx) : EVP_PKEY_sign_init(ctx)) <= 0) { record_error(job, "operation init failed"); goto done; }
+  switch (job->op) {
+    case OP_RSA_PKCS1:
+      if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) <= 0) { record_error(job, "set padding failed"); goto done; }
+      /* HASH_NONE: raw PKCS#1 type-1 padding of the input, as TLS 1.0/1.1 MD5-SHA1 needs. */
+      if (job->hash != HASH_NONE && EVP_PKEY_CTX_set_signature_md(ctx, md_for(job->hash)) <= 0) { record_error(job, "set digest failed"); goto done; }
+      break;
+    case OP_RSA_PSS:
+      if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING) <= 0 ||
+          EVP_PKEY_CTX_set_signature_md(ctx, md_for(job->hash)) <= 0 ||
+          EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, md_for(job->hash)) <= 0 ||
+          EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, RSA_PSS_SALTLEN_DIGEST) <= 0) { record_error(job, "PSS setup failed"); goto done; }
+      break;
+    case OP_ECDSA:
+      /* No digest is set: ECDSA signs the given bytes as the digest, whatever their length. */
+      break;
+    case OP_DECRYPT_RAW:
+      if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_NO_PADDING) <= 0) { record_error(job, "set padding failed"); goto done; }
+      break;
+    case OP_DECRYPT_OAEP_SHA256:
+      if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
+          EVP_PKEY_CTX_set_rsa_oaep_md(ctx, EVP_sha256()) <= 0 ||
+          EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, EVP_sha256()) <= 0) { record_error(job, "OAEP setup failed"); goto done; }
+      break;
+  }
+  size_t out_len = 0;
+  int rc = decrypting ? EVP_PKEY_decrypt(ctx, NULL, &out_len, job->input, job->input_len)
+                      : EVP_PKEY_sign(ctx, NULL, &out_len, job->input, job->input_len);
+  if (rc <= 0) { record_error(job, "size query failed"); goto done; }
+  job->output = malloc(out_len);
+  if (job->output == NULL) { snprintf(job->error, sizeof job->error, "out of memory"); goto done; }
+  rc = decrypting ? EVP_PKEY_decrypt(ctx, job->output, &out_len, job->input, job->input_len)
+                  : EVP_PKEY_sign(ctx, job->output, &out_len, job->input, job->input_len);
+  if (rc <= 0) { record_error(job, decrypting ? "decrypt failed" : "sign failed"); goto done; }
+  job->output_len = out_len;
+  ok = 1;
+done:
+  EVP_PKEY_CTX_free(ctx);
+  return ok;
+}
+
+static int run_ed25519(job_t *job) {
+  EVP_MD_CTX *mdctx = EVP_MD_CTX_new();
+  int ok = 0;
+  size_t out_len = 0;
+  if (mdctx == NULL) { record_error(job, "EVP_MD_CTX_new failed"); return 0; }
+  if (EVP_DigestSignInit(mdctx, NULL, NULL, NULL, job->pkey) <= 0) { record_error(job, "sign init failed"); goto done; }
+  if (EVP_DigestSign(mdctx, NULL, &out_len, job->input, job->input_len) <= 0) { record_error(job, "size query failed"); goto done; }
+  job->output = malloc(out_len);
+  if (job->output == NULL) { snprintf(job->error, sizeof job->error, "out of memory"); goto done; }
+  if (EVP_DigestSign(mdctx, job->output, &out_len, job->input, job->input_len) <= 0) { record_error(job, "sign failed"); goto done; }
+  job->output_len = out_len;
+  ok = 1;
+done:
+  EVP_MD_CTX_free(mdctx);
+  return ok;
+}
+
+static void execute(napi_env env, void *data) {
+  (void)env;
+  job_t *job = data;
+  ERR_clear_error();
+  if (job->op == OP_ED25519) run_ed25519(job); else run_pkey_ctx_op(job);
+}
+
+static void complete(napi_env env, napi_status status, void *data) {
+  job_t *job = data;
+  napi_value result;
+  if (status == napi_ok && job->output != NULL && job->error[0] == '\0') {
+    void *dest;
+    if (napi_create_buffer_copy(env, job->output_len, job->output, &dest, &result) == napi_ok) {
+      napi_resolve_deferred(env, job->deferred, result);
+    }
+  } else {
+    napi_value message;
+    const char *text = job->error[0] ? job->error : "operation cancelled";
+    napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &message);
+    napi_create_error(env, NULL, message, &result);
+    napi_reject_deferred(env, job->deferred, result);
+  }
+  napi_delete_async_work(env, job->work);
+  EVP_PKEY_free(job->pkey);
+  if (job->output) { OPENSSL_cleanse(job->output, job->output_len); free(job->output); }
+  free(job->input);
+  free(job);
+}
+
+static void finalize_key(napi_env env, void *data, void *hint) {
+  (void)env; (void)hint;
+  EVP_PKEY_free((EVP_PKEY *)data);
+}
+
+/* loadKey(pkcs8Der: Buffer): External — parses an unencrypted PKCS#8 private key. */
+static napi_value load_key(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  void *der; size_t der_len;
+  if (argc < 1 || napi_get_buffer_info(env, argv[0], &der, &der_len) != napi_ok) {
+    napi_throw_type_error(env, NULL, "loadKey expects a Buffer holding a PKCS#8 DER private key");
+    return NULL;
+  }
+  const unsigned char *p = der;
+  EVP_PKEY *pkey = d2i_AutoPrivateKey(NULL, &p, (long)der_len);
+  if (pkey == NULL) {
+    ERR_clear_error();
+    napi_throw_error(env, NULL, "not a PKCS#8 private key OpenSSL can read");
+    return NULL;
+  }
+  napi_value external;
+  NAPI_CALL(env, napi_create_external(env, pkey, finalize_key, NULL, &external));
+  return external;
+}
+
+/* run(key: External, op: number, hash: number, input: Buffer): Promise<Buffer> */
+static napi_value run(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  void *pkey; int32_t op, hash; void *input; size_t input_len;
+  if (argc < 4 || napi_get_value_external(env, argv[0], &pkey) != napi_ok ||
+      napi_get_value_int32(env, argv[1], &op) != napi_ok || napi_get_value_int32(env, argv[2], &hash) != napi_ok ||
+      napi_get_buffer_info(env, argv[3], &input, &input_len) != napi_ok) {
+    napi_throw_type_error(env, NULL, "run(key, op, hash, input) got bad arguments");
+    return NULL;
+  }
+  if (op < OP_RSA_PKCS1 || op > OP_DECRYPT_OAEP_SHA256 || hash < HASH_NONE || hash > HASH_SHA512 ||
+      ((op == OP_RSA_PSS) && hash == HASH_NONE)) {
+    napi_throw_range_error(env, NULL, "unknown operation or hash");
+    return NULL;
+  }
+  job_t *job = calloc(1, sizeof *job);
+  if (job == NULL) { napi_throw_error(env, NULL, "out of memory"); return NULL; }
+  job->input = malloc(input_len ? input_len : 1);
+  if (job->input == NULL) { free(job); napi_throw_error(env, NULL, "out of memory"); return NULL; }
+  memcpy(job->input, input, input_len);
+  job->input_len = input_len;
+  job->op = op;
+  job->hash = hash;
+  job->pkey = pkey;
+  EVP_PKEY_up_ref(job->pkey);
+
+  napi_value promise, name;
+  NAPI_CALL(env, napi_create_promise(env, &job->deferred, &promise));
+  NAPI_CALL(env, napi_create_string_utf8(env, "keyless_openssl", NAPI_AUTO_LENGTH, &name));
+  NAPI_CALL(env, napi_create_async_work(env, NULL, name, execute, complete, job, &job->work));
+  NAPI_CALL(env, napi_queue_async_work(env, job->work));
+  return promise;
+}
+
+NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
+  napi_property_descriptor props[] = {
+    { "loadKey", NULL, load_key, NULL, NULL, NULL, napi_default, NULL },
+    { "run", NULL, run, NULL, NULL, NULL, napi_default, NULL },
+  };
+  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
+  return exports;
+}

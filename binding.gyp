@@ -1,0 +1,10 @@
+{
+  "targets": [
+    {
+      "target_name": "keyless_openssl",
+      "sources": ["backends/file/native/openssl_keys.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
+      "defines": ["NAPI_VERSION=8"]
+    }
+  ]
+}

@@ -1,0 +1,2 @@
+export { FileBackend } from './backend';
+export { fileBackendSchema, type FileBackendConfig } from './schema';

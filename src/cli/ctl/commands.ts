@@ -1,0 +1,216 @@
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { SIGNATURE_ALGORITHMS, type SignatureAlgorithm } from '../../crypto/algorithms';
+import { initPki } from '../../pki/init';
+import { CONNECTION_HELP, CONNECTION_OPTIONS, UsageError, openSession } from './connection';
+import { parseHex, readInput, writeOutput } from './io';
+import { parseKeyRef } from './keyref';
+import type { keyless } from '../../gen/keyless';
+
+export interface Command {
+  readonly summary: string;
+  readonly help: string;
+  run(argv: string[]): Promise<void>;
+}
+
+/** `--help` never reaches here: keylessctl answers it before running a command. */
+function parse<const T extends NonNullable<ParseArgsConfig['options']>>(argv: string[], options: T) {
+  return parseArgs({ args: argv, options, allowPositionals: true, strict: true });
+}
+
+function required(value: string | undefined, flag: string): string {
+  if (value === undefined) throw new UsageError(`${flag} is required`);
+  return value;
+}
+
+function keyLine(key: keyless.v1.KeyInfo.$Properties): string {
+  const size = key.type === 'ec' ? key.curve : key.type === 'rsa' ? `${key.bits}` : '';
+  return [key.name, key.type, size, Buffer.from(key.ski ?? []).toString('hex'), key.backend, key.decryptAllowed ? 'decrypt' : ''].join('\t');
+}
+
+export const ping: Command = {
+  summary: 'check that a server answers (round trip)',
+  help: `Usage: keylessctl ping [--count N]\n\n${CONNECTION_HELP}`,
+  async run(argv) {
+    const { values } = parse(argv, { ...CONNECTION_OPTIONS, count: { type: 'string', default: '1' } });
+    const count = Number(values.count);
+    if (!Number.isInteger(count) || count < 1) throw new UsageError(`--count must be a positive whole number, got ${values.count}`);
+    const session = await openSession(values);
+    try {
+      for (let i = 0; i < count; i++) {
+        const started = process.hrtime.bigint();
+        const payload = Buffer.from(`ping ${i}`);
+        const echoed = await session.ping(payload);
+        if (!echoed.equals(payload)) throw new Error('the server echoed a different payload');
+        process.stdout.write(`pong from ${values.server ?? 'server'}: ${(Number(process.hrtime.bigint() - started) / 1e6).toFixed(3)} ms\n`);
+      }
+    } finally {
+      await session.close();
+    }
+  },
+};
+
+export const keys: Command = {
+  summary: 'list the keys this client may use',
+  help: `Usage: keylessctl keys [--json]\n\nColumns: name, type, bits or curve, SKI, backend, decrypt.\n\n${CONNECTION_HELP}`,
+  async run(argv) {
+    const { values } = parse(argv, { ...CONNECTION_OPTIONS, json: { type: 'boolean' } });
+    const session = await openSession(values);
+    try {
+      const list = await session.listKeys();
+      if (values.json) process.stdout.write(`${JSON.stringify(list.map(keyJson), null, 2)}\n`);
+      else process.stdout.write(list.map((k) => `${keyLine(k)}\n`).join(''));
+    } finally {
+      await session.close();
+    }
+  },
+};
+
+function keyJson(key: keyless.v1.KeyInfo.$Properties) {
+  return {
+    name: key.name,
+    type: key.type,
+    bits: key.bits,
+    curve: key.curve || undefined,
+    ski: Buffer.from(key.ski ?? []).toString('hex'),
+    spki_sha256: Buffer.from(key.spkiSha256 ?? []).toString('hex'),
+    backend: key.backend,
+    algorithms: (key.algorithms ?? []).map((a) => SIGNATURE_ALGORITHMS[a - 1]),
+    decrypt_allowed: key.decryptAllowed ?? false,
+    public_key_pem: `-----BEGIN PUBLIC KEY-----\n${Buffer.from(key.publicKey ?? []).toString('base64').replace(/.{64}/g, '$&\n').replace(/\n?$/, '\n')}-----END PUBLIC KEY-----\n`,
+  };
+}
+
+export const key: Command = {
+  summary: 'show one key (by name, SKI hex or SPKI SHA-256 hex), with its public key',
+  help: `Usage: keylessctl key KEY [--pem]\n\n  --pem   print only the public key, PEM\n\n${CONNECTION_HELP}`,
+  async run(argv) {
+    const { values, positionals } = parse(argv, { ...CONNECTION_OPTIONS, pem: { type: 'boolean' } });
+    const ref = parseKeyRef(required(positionals[0], 'KEY'));
+    const session = await openSession(values);
+    try {
+      const info = keyJson(await session.getKey(ref));
+      process.stdout.write(values.pem ? info.public_key_pem : `${JSON.stringify(info, null, 2)}\n`);
+    } finally {
+      await session.close();
+    }
+  },
+};
+
+export const sign: Command = {
+  summary: 'sign a digest or a message with a key',
+  help: `Usage: keylessctl sign --key KEY --algorithm ALG (--digest HEX | --message FILE | < message)
+                        [--format hex|base64|raw] [--out FILE]
+
+  --key KEY        key name, SKI (40 hex digits) or SPKI SHA-256 (64 hex digits)
+  --algorithm ALG  one of ${SIGNATURE_ALGORITHMS.join(', ')}
+  --digest HEX     sign this digest (its length must match the algorithm's hash)
+  --message FILE   sign this message ('-' or no flag: standard input); the server hashes it
+  --format F       hex (default), base64 or raw
+  --out FILE       write the signature there instead of standard output
+
+${CONNECTION_HELP}`,
+  async run(argv) {
+    const { values } = parse(argv, {
+      ...CONNECTION_OPTIONS,
+      key: { type: 'string' },
+      algorithm: { type: 'string' },
+      digest: { type: 'string' },
+      message: { type: 'string' },
+      format: { type: 'string', default: 'hex' },
+      out: { type: 'string' },
+    });
+    const ref = parseKeyRef(required(values.key, '--key'));
+    const algorithm = required(values.algorithm, '--algorithm').toUpperCase();
+    if (!(SIGNATURE_ALGORITHMS as readonly string[]).includes(algorithm)) {
+      throw new UsageError(`unknown --algorithm ${values.algorithm}; choose one of ${SIGNATURE_ALGORITHMS.join(', ')}`);
+    }
+    if (values.digest !== undefined && values.message !== undefined) throw new UsageError('give --digest or --message, not both');
+    const input = values.digest !== undefined ? { digest: parseHex(values.digest, '--digest') } : { message: readInput(values.message, 'the message') };
+    const session = await openSession(values);
+    try {
+      writeOutput(await session.sign(ref, algorithm as SignatureAlgorithm, input), values.format!, values.out);
+    } finally {
+      await session.close();
+    }
+  },
+};
+
+export const decrypt: Command = {
+  summary: 'decrypt an RSA ciphertext (raw or OAEP-SHA256) with a key that allows it',
+  help: `Usage: keylessctl decrypt --key KEY [--padding raw|oaep-sha256] (--in FILE | --hex HEX | < ciphertext)
+                           [--format hex|base64|raw] [--out FILE]
+
+${CONNECTION_HELP}`,
+  async run(argv) {
+    const { values } = parse(argv, {
+      ...CONNECTION_OPTIONS,
+      key: { type: 'string' },
+      padding: { type: 'string', default: 'oaep-sha256' },
+      in: { type: 'string' },
+      hex: { type: 'string' },
+      format: { type: 'string', default: 'hex' },
+      out: { type: 'string' },
+    });
+    const ref = parseKeyRef(required(values.key, '--key'));
+    if (values.padding !== 'raw' && values.padding !== 'oaep-sha256') throw new UsageError(`--padding must be raw or oaep-sha256, got ${values.padding}`);
+    const ciphertext = values.hex !== undefined ? parseHex(values.hex, '--hex') : readInput(values.in, 'the ciphertext');
+    const session = await openSession(values);
+    try {
+      writeOutput(await session.decrypt(ref, values.padding === 'raw' ? 'rsa-raw' : 'rsa-oaep-sha256', ciphertext), values.format!, values.out);
+    } finally {
+      await session.close();
+    }
+  },
+};
+
+export const pki: Command = {
+  summary: 'create a CA, a server and a client certificate for a deployment (pki init DIR)',
+  help: `Usage: keylessctl pki init DIR [options]
+
+Writes ca.crt/ca.key, server.crt/server.key and client.crt/client.key (ECDSA P-256) into DIR.
+Refuses to replace an existing CA.
+
+  --ca-name NAME         CA common name (default "keylessd CA")
+  --server-name NAME     server certificate common name (default: first --server-dns, else "localhost")
+  --server-dns A,B       DNS names of the server (default localhost)
+  --server-ip A,B        IP addresses of the server (default 127.0.0.1)
+  --client-name NAME     client certificate common name (default "keyless edge")
+  --client-org ORG       client certificate organization (O)
+  --client-ou OU         client certificate organizational unit (OU), e.g. a region
+  --ca-days N            CA lifetime in days (default 3650)
+  --days N               server and client certificate lifetime in days (default 397)`,
+  async run(argv) {
+    const { values, positionals } = parse(argv, {
+      'ca-name': { type: 'string', default: 'keylessd CA' },
+      'server-name': { type: 'string' },
+      'server-dns': { type: 'string', default: 'localhost' },
+      'server-ip': { type: 'string', default: '127.0.0.1' },
+      'client-name': { type: 'string', default: 'keyless edge' },
+      'client-org': { type: 'string' },
+      'client-ou': { type: 'string' },
+      'ca-days': { type: 'string', default: '3650' },
+      days: { type: 'string', default: '397' },
+    });
+    if (positionals[0] !== 'init') throw new UsageError('the only pki subcommand is `pki init DIR`');
+    const dir = required(positionals[1], 'DIR');
+    const days = (flag: string, text: string) => {
+      const n = Number(text);
+      if (!Number.isInteger(n) || n < 1 || n > 36500) throw new UsageError(`--${flag} must be a whole number of days from 1 to 36500, got ${text}`);
+      return n;
+    };
+    const list = (text: string) => text.split(',').map((s) => s.trim()).filter(Boolean);
+    const dnsNames = list(values['server-dns']!);
+    await initPki(dir, {
+      caName: values['ca-name']!,
+      serverName: values['server-name'] ?? dnsNames[0] ?? 'localhost',
+      serverDnsNames: dnsNames,
+      serverIps: list(values['server-ip']!),
+      clientName: values['client-name']!,
+      clientOrganization: values['client-org'],
+      clientOrganizationalUnit: values['client-ou'],
+      caDays: days('ca-days', values['ca-days']!),
+      leafDays: days('days', values.days!),
+    });
+    process.stdout.write(`wrote ca.crt, ca.key, server.crt, server.key, client.crt, client.key to ${dir}\nkeep ca.key offline: whoever holds it can mint edge certificates\n`);
+  },
+};

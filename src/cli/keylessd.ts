@@ -1,0 +1,150 @@
+#!/usr/bin/env node
+import { relative, join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { loadConfigFile, envOverrides, validateConfig, type Override } from '../config/load';
+import type { Config } from '../config/schema';
+import { Daemon } from '../daemon';
+import { DEFAULT_STATE_DIR, devConfig, ensureDevState, stateDir } from '../devstate';
+import { ConfigError } from '../errors';
+import { createLogger } from '../log';
+import { createBackend } from '../keys/backends';
+import { loadTlsMaterial } from '../server/tls';
+import { packageRoot } from '../util/package-root';
+
+const USAGE = `Usage: keylessd [options]
+
+Serves private-key operations to TLS edges over keyless.v1 (WebSocket, mutual TLS).
+With no --config it serves the embedded default: a development PKI and demo keys in
+./${DEFAULT_STATE_DIR} (or --state-dir / $KEYLESSD_STATE_DIR), created on first run.
+
+Options:
+  --config FILE          YAML configuration file
+  --check-config FILE    validate FILE (settings, TLS files, every key) and exit
+  --state-dir DIR        state folder of the embedded default
+  --listen-host HOST     overrides listen.host        ($KEYLESSD_LISTEN_HOST)
+  --port N               overrides listen.port        ($KEYLESSD_LISTEN_PORT)
+  --metrics-host HOST    overrides metrics.host       ($KEYLESSD_METRICS_HOST)
+  --metrics-port N       overrides metrics.port       ($KEYLESSD_METRICS_PORT)
+  --log-level LEVEL      overrides log.level          ($KEYLESSD_LOG_LEVEL)
+  --shutdown-deadline-ms N  how long SIGTERM waits for requests in flight (default 10000)
+  -h, --help             this text
+  -v, --version          print the version
+
+Signals: SIGTERM/SIGINT drain and exit 0 (a second one exits at once).`;
+
+const FLAG_OVERRIDES: Readonly<Record<string, readonly string[]>> = {
+  'listen-host': ['listen', 'host'],
+  port: ['listen', 'port'],
+  'metrics-host': ['metrics', 'host'],
+  'metrics-port': ['metrics', 'port'],
+  'log-level': ['log', 'level'],
+};
+
+function fail(message: string): never {
+  process.stderr.write(`keylessd: ${message}\n`);
+  process.exit(1);
+}
+
+/** Opens every backend and reads the TLS files once, so a config that passes will start. */
+async function checkConfig(file: string, overrides: Override[]): Promise<void> {
+  const config = loadConfigFile(file, overrides);
+  loadTlsMaterial(config.tls);
+  const logger = createLogger('silent');
+  let keys = 0;
+  const skipped: string[] = [];
+  for (const entry of config.backends) {
+    const backend = createBackend(entry, logger);
+    try {
+      const opened = await backend.open();
+      keys += opened.keys.length;
+      skipped.push(...opened.skipped.map((s) => `  skipped ${s.source}: it ${s.reason}`));
+    } finally {
+      await backend.close();
+    }
+  }
+  process.stdout.write(`${file}: OK, ${keys} keys from ${config.backends.length} backend(s)\n${skipped.map((s) => `${s}\n`).join('')}`);
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      config: { type: 'string' },
+      'check-config': { type: 'string' },
+      'state-dir': { type: 'string' },
+      'listen-host': { type: 'string' },
+      port: { type: 'string' },
+      'metrics-host': { type: 'string' },
+      'metrics-port': { type: 'string' },
+      'log-level': { type: 'string' },
+      'shutdown-deadline-ms': { type: 'string', default: '10000' },
+      help: { type: 'boolean', short: 'h' },
+      version: { type: 'boolean', short: 'v' },
+    },
+    strict: true,
+  });
+  if (values.help) return void process.stdout.write(`${USAGE}\n`);
+  if (values.version) return void process.stdout.write(`${require(join(packageRoot(), 'package.json')).version}\n`);
+  const overrides: Override[] = [
+    ...envOverrides(process.env),
+    ...Object.entries(FLAG_OVERRIDES).flatMap(([flag, path]) => {
+      const value = values[flag as keyof typeof values];
+      return typeof value === 'string' ? [{ path, value, source: `--${flag}` }] : [];
+    }),
+  ];
+  if (values['check-config']) return checkConfig(values['check-config'], overrides);
+
+  let config: Config;
+  let embedded: string | undefined;
+  if (values.config) {
+    config = loadConfigFile(values.config, overrides);
+  } else {
+    embedded = stateDir(process.env, values['state-dir']);
+    const created = await ensureDevState(embedded);
+    if (created) process.stderr.write(`keylessd: created a development PKI and demo keys in ${embedded}\n`);
+    config = validateConfig(devConfig(embedded), overrides);
+  }
+  const logger = createLogger(config.log.level);
+  const { daemon, addresses } = await Daemon.start(config, logger);
+  if (embedded) printEmbeddedHint(embedded, addresses.v1.port);
+
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) {
+      logger.warn({ signal }, 'second signal: exiting at once');
+      process.exit(1);
+    }
+    stopping = true;
+    logger.info({ signal }, 'draining: no new sessions, finishing requests in flight');
+    daemon.shutdown(Number(values['shutdown-deadline-ms'])).then(
+      () => process.exit(0),
+      (err) => {
+        logger.error({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+function printEmbeddedHint(dir: string, port: number): void {
+  const shortest = (path: string) => {
+    const rel = relative(process.cwd(), path);
+    return rel === '' ? '.' : rel.startsWith('..') ? path : rel;
+  };
+  const ctl = shortest(join(__dirname, 'keylessctl.js'));
+  const stateFlag = dir === stateDir({}) ? '' : ` --state-dir ${shortest(dir)}`;
+  const portFlag = port === 2408 ? '' : ` --server 127.0.0.1:${port}`;
+  process.stderr.write(
+    `\nkeylessd is serving the embedded default (development PKI and demo keys in ${dir}).\n` +
+      `Sign with a demo key from another terminal:\n\n` +
+      `  node ${ctl} sign --key demo-p256 --algorithm ECDSA_SHA256 --message package.json${stateFlag}${portFlag}\n\n`,
+  );
+}
+
+main().catch((err: unknown) => {
+  if (err instanceof ConfigError) fail(err.message);
+  if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') fail(`cannot listen: ${(err as Error).message} (another keylessd running?)`);
+  if ((err as NodeJS.ErrnoException).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') fail(`${(err as Error).message}\n${USAGE}`);
+  fail((err as Error).message);
+});

@@ -1,0 +1,173 @@
+import { EventEmitter } from 'node:events';
+import { WebSocket } from 'ws';
+import type { DecryptPadding, SignatureAlgorithm } from '../crypto/algorithms';
+import type { keyless } from '../gen/keyless';
+import type { KeyRef } from '../keys/registry';
+import { TimeoutError } from '../errors';
+import {
+  decodeResponse,
+  encodeRequest,
+  errorCodeName,
+  keyRefToMessage,
+  pb,
+  signatureAlgorithmNumber,
+  type ResponseMessage,
+} from '../protocol/v1';
+import { ConnectionError, RemoteError, describeConnectError } from './errors';
+
+export const SUBPROTOCOL = 'keyless.v1';
+
+export interface SessionOptions {
+  /** `wss://host:port/v1` */
+  readonly url: string;
+  readonly ca: Buffer;
+  readonly cert: Buffer;
+  readonly key: Buffer;
+  /** Name the server certificate must carry when it differs from the URL's host. */
+  readonly servername?: string;
+  readonly connectTimeoutMs?: number;
+  readonly requestTimeoutMs?: number;
+  /** For error messages only: where ca/cert came from. */
+  readonly files?: { readonly ca?: string; readonly cert?: string };
+}
+
+type RequestBody = Omit<keyless.v1.Request.$Properties, 'id'>;
+
+interface Pending {
+  resolve(response: ResponseMessage): void;
+  reject(err: Error): void;
+  timer: NodeJS.Timeout;
+}
+
+/**
+ * One keyless.v1 session: many requests in flight, each matched to its response by id.
+ * Emits 'close' (code, reason) when the session ends; pending requests then fail with
+ * ConnectionError.
+ */
+export class KeylessSession extends EventEmitter {
+  private nextId = 1;
+  private readonly pending = new Map<number, Pending>();
+
+  private constructor(
+    private readonly ws: WebSocket,
+    private readonly requestTimeoutMs: number,
+  ) {
+    super();
+    ws.on('message', (data: Buffer) => this.onMessage(data));
+    ws.on('close', (code, reason) => {
+      this.failAll(new ConnectionError(`session closed by the server (${code}${reason.length ? `: ${reason.toString()}` : ''})`));
+      this.emit('close', code, reason.toString());
+    });
+    ws.on('error', (err) => this.failAll(new ConnectionError(`session failed: ${err.message}`)));
+  }
+
+  static connect(options: SessionOptions): Promise<KeylessSession> {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(options.url, SUBPROTOCOL, {
+        ca: options.ca,
+        cert: options.cert,
+        key: options.key,
+        ...(options.servername ? { servername: options.servername } : {}),
+        perMessageDeflate: false,
+        handshakeTimeout: options.connectTimeoutMs ?? 10_000,
+        maxPayload: 16 * 1024 * 1024,
+      });
+      const fail = (err: NodeJS.ErrnoException) => {
+        ws.removeAllListeners();
+        ws.on('error', () => {});
+        ws.terminate();
+        reject(new ConnectionError(describeConnectError(err, options.url, options.files ?? {})));
+      };
+      ws.once('error', fail);
+      // A server that rejects our certificate in TLS 1.3 does so after the handshake: it shows up as a close.
+      ws.once('close', (code, reason) => fail(Object.assign(new Error(`connection closed before the session opened (${code} ${reason.toString()})`), { code: 'ECONNRESET' })));
+      ws.once('open', () => {
+        ws.removeAllListeners();
+        resolve(new KeylessSession(ws, options.requestTimeoutMs ?? 30_000));
+      });
+    });
+  }
+
+  /** Sends one request and resolves with its response (an Error response resolves too). */
+  request(body: RequestBody, timeoutMs = this.requestTimeoutMs): Promise<ResponseMessage> {
+    if (this.ws.readyState !== WebSocket.OPEN) return Promise.reject(new ConnectionError('session is not open'));
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new TimeoutError(`no answer to request ${id} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pending.set(id, { resolve, reject, timer });
+      this.ws.send(encodeRequest({ id, ...body }));
+    });
+  }
+
+  async ping(payload: Buffer = Buffer.alloc(0)): Promise<Buffer> {
+    return Buffer.from(expect(await this.request({ ping: { payload } }), 'pong').payload ?? []);
+  }
+
+  async sign(key: KeyRef, algorithm: SignatureAlgorithm, input: { digest: Buffer } | { message: Buffer }): Promise<Buffer> {
+    const response = await this.request({ sign: { key: keyRefToMessage(key), algorithm: signatureAlgorithmNumber(algorithm), ...input } });
+    return Buffer.from(expect(response, 'signature'));
+  }
+
+  async decrypt(key: KeyRef, padding: DecryptPadding, ciphertext: Buffer): Promise<Buffer> {
+    const wirePadding = padding === 'rsa-raw' ? pb.DecryptPadding.RSA_RAW : pb.DecryptPadding.RSA_OAEP_SHA256;
+    const response = await this.request({ decrypt: { key: keyRefToMessage(key), padding: wirePadding, ciphertext } });
+    return Buffer.from(expect(response, 'plaintext'));
+  }
+
+  async listKeys(): Promise<keyless.v1.KeyInfo.$Properties[]> {
+    return expect(await this.request({ listKeys: {} }), 'keys').keys ?? [];
+  }
+
+  async getKey(key: KeyRef): Promise<keyless.v1.KeyInfo.$Properties> {
+    return expect(await this.request({ getKey: { key: keyRefToMessage(key) } }), 'key');
+  }
+
+  get inflight(): number {
+    return this.pending.size;
+  }
+
+  close(): Promise<void> {
+    if (this.ws.readyState === WebSocket.CLOSED) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.ws.once('close', () => resolve());
+      this.ws.close(1000);
+    });
+  }
+
+  private onMessage(data: Buffer): void {
+    let response: ResponseMessage;
+    try {
+      response = decodeResponse(data);
+    } catch {
+      this.ws.close(1002, 'undecodable response');
+      return;
+    }
+    const id = Number(response.id);
+    const pending = this.pending.get(id);
+    if (!pending) return;
+    this.pending.delete(id);
+    clearTimeout(pending.timer);
+    pending.resolve(response);
+  }
+
+  private failAll(err: Error): void {
+    for (const pending of this.pending.values()) {
+      clearTimeout(pending.timer);
+      pending.reject(err);
+    }
+    this.pending.clear();
+  }
+}
+
+/** The response's result of the expected kind, or the server's error as a RemoteError. */
+function expect<K extends 'pong' | 'signature' | 'plaintext' | 'keys' | 'key'>(response: ResponseMessage, kind: K): NonNullable<ResponseMessage[K]> {
+  if (response.result === 'error') {
+    const code = errorCodeName(response.error?.code);
+    throw new RemoteError(code === 'ERROR_CODE_UNSPECIFIED' ? 'INTERNAL' : code, response.error?.message ?? '');
+  }
+  if (response.result !== kind) throw new RemoteError('INTERNAL', `expected a ${kind} response, got ${response.result ?? 'nothing'}`);
+  return response[kind] as NonNullable<ResponseMessage[K]>;
+}

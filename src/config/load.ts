@@ -1,0 +1,106 @@
+import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { parseDocument } from 'yaml';
+import { ConfigError } from '../errors';
+import { formatConfigIssues } from './format';
+import { configSchema, type Config } from './schema';
+
+/** A setting given outside the file (environment or command line), applied before validation. */
+export interface Override {
+  readonly path: readonly string[];
+  readonly value: string;
+  /** Where it came from, for error messages: `KEYLESSD_LISTEN_PORT`, `--port`. */
+  readonly source: string;
+}
+
+/** Environment variables that override the file, and the config field each sets. */
+export const ENV_OVERRIDES: Readonly<Record<string, readonly string[]>> = {
+  KEYLESSD_LISTEN_HOST: ['listen', 'host'],
+  KEYLESSD_LISTEN_PORT: ['listen', 'port'],
+  KEYLESSD_METRICS_HOST: ['metrics', 'host'],
+  KEYLESSD_METRICS_PORT: ['metrics', 'port'],
+  KEYLESSD_LOG_LEVEL: ['log', 'level'],
+  KEYLESSD_TLS_CERT: ['tls', 'cert'],
+  KEYLESSD_TLS_KEY: ['tls', 'key'],
+  KEYLESSD_TLS_CLIENT_CA: ['tls', 'client_ca'],
+};
+
+export function envOverrides(env: NodeJS.ProcessEnv): Override[] {
+  return Object.entries(ENV_OVERRIDES).flatMap(([name, path]) => (env[name] === undefined ? [] : [{ path, value: env[name]!, source: name }]));
+}
+
+/** "2408" becomes 2408 and "true" becomes true, so the schema checks the value, not its spelling. */
+function typed(value: string): unknown {
+  if (/^-?\d+$/.test(value)) return Number(value);
+  if (value === 'true' || value === 'false') return value === 'true';
+  return value;
+}
+
+function applyOverrides(raw: Record<string, unknown>, overrides: readonly Override[]): void {
+  for (const { path, value } of overrides) {
+    let node = raw;
+    for (const part of path.slice(0, -1)) {
+      if (typeof node[part] !== 'object' || node[part] === null) node[part] = {};
+      node = node[part] as Record<string, unknown>;
+    }
+    node[path[path.length - 1]!] = typed(value);
+  }
+}
+
+/** Parses YAML text into a plain object, or throws a ConfigError with the line of the first syntax error. */
+export function parseYaml(text: string, file: string): Record<string, unknown> {
+  const doc = parseDocument(text, { prettyErrors: false });
+  if (doc.errors.length > 0) {
+    const first = doc.errors[0]!;
+    const line = first.linePos?.[0]?.line;
+    throw new ConfigError(line ? `${file}:${line}` : file, `not valid YAML: ${first.message.split('\n')[0]}`);
+  }
+  const value = doc.toJS() as unknown;
+  if (value === null || value === undefined) return {};
+  if (typeof value !== 'object' || Array.isArray(value)) throw new ConfigError(file, 'expected a mapping of settings at the top level');
+  return value as Record<string, unknown>;
+}
+
+/** Validates a raw settings object. Throws one ConfigError listing every problem. */
+export function validateConfig(raw: Record<string, unknown>, overrides: readonly Override[] = [], baseDir = process.cwd()): Config {
+  const copy = structuredClone(raw);
+  applyOverrides(copy, overrides);
+  const result = configSchema.safeParse(copy, { reportInput: true });
+  if (!result.success) {
+    const lines = formatConfigIssues(result.error);
+    throw new ConfigError(lines[0]!.split(':')[0]!, lines.length === 1 ? lines[0]!.slice(lines[0]!.indexOf(':') + 2) : `\n  ${lines.join('\n  ')}`);
+  }
+  return resolvePaths(result.data, baseDir);
+}
+
+export function loadConfigFile(file: string, overrides: readonly Override[] = []): Config {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(file, `cannot read the config file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  return validateConfig(parseYaml(text, file), overrides, dirname(resolve(file)));
+}
+
+/** Relative file names in the config are relative to the config file's folder, not the working directory. */
+function resolvePaths(config: Config, baseDir: string): Config {
+  const at = (path: string) => (isAbsolute(path) ? path : resolve(baseDir, path));
+  const maybe = (path: string | undefined) => (path === undefined ? undefined : at(path));
+  return {
+    ...config,
+    tls: { ...config.tls, cert: at(config.tls.cert), key: at(config.tls.key), client_ca: at(config.tls.client_ca), crl: maybe(config.tls.crl) },
+    pid_file: maybe(config.pid_file),
+    backends: config.backends.map((backend) => {
+      switch (backend.type) {
+        case 'file':
+          return {
+            ...backend,
+            dir: maybe(backend.dir),
+            passphrase_file: maybe(backend.passphrase_file),
+            files: backend.files.map((f) => ({ ...f, path: at(f.path), passphrase_file: maybe(f.passphrase_file) })),
+          };
+      }
+    }),
+  };
+}

@@ -1,0 +1,88 @@
+import { z } from 'zod';
+import { fileBackendSchema } from '../../backends/file/schema';
+import { LOG_LEVELS } from '../log';
+
+const port = (what: string, fallback: number) =>
+  z
+    .number({ error: 'expected a number between 1 and 65535' })
+    .int({ error: 'expected a whole number between 1 and 65535' })
+    .min(1, { error: 'expected a number between 1 and 65535' })
+    .max(65535, { error: 'expected a number between 1 and 65535' })
+    .default(fallback)
+    .describe(what);
+
+const positive = (what: string, fallback: number, max = 2 ** 31 - 1) =>
+  z
+    .number({ error: `expected a whole number between 1 and ${max}` })
+    .int({ error: `expected a whole number between 1 and ${max}` })
+    .min(1, { error: `expected a whole number between 1 and ${max}` })
+    .max(max, { error: `expected a whole number between 1 and ${max}` })
+    .default(fallback)
+    .describe(what);
+
+const tlsVersion = z.enum(['TLSv1.2', 'TLSv1.3']);
+
+export const listenSchema = z
+  .object({
+    host: z.string().min(1).default('127.0.0.1').describe('Address the keyless.v1 listener binds to.'),
+    port: port('Port of the keyless.v1 listener (WebSocket over mutual TLS).', 2408),
+    path: z.string().startsWith('/').default('/v1').describe('HTTP path of the WebSocket upgrade.'),
+  })
+  .strict();
+
+export const tlsSchema = z
+  .object({
+    cert: z.string().min(1).describe('Server certificate chain, PEM.'),
+    key: z.string().min(1).describe('Server private key, PEM.'),
+    client_ca: z.string().min(1).describe('CA bundle (PEM) client certificates must chain to. Clients without such a certificate cannot finish the handshake.'),
+    crl: z.string().min(1).optional().describe('Certificate revocation list (PEM) checked during the handshake.'),
+    min_version: tlsVersion.default('TLSv1.3').describe('Lowest TLS version the keyless.v1 listener accepts. TLSv1.2 allows only ECDHE with AES-GCM or ChaCha20-Poly1305.'),
+    handshake_timeout_ms: positive('A client that has not finished the TLS handshake by then is disconnected.', 10_000, 120_000),
+  })
+  .strict();
+
+export const limitsSchema = z
+  .object({
+    max_inflight_per_session: positive('Requests one session may have in flight; more are answered OVERLOADED at once.', 1024, 1_000_000),
+    max_inflight_total: positive('Requests in flight across all sessions; more are answered OVERLOADED at once.', 16_384, 10_000_000),
+    max_frame_bytes: positive('Largest WebSocket message accepted; a larger one closes the session with code 1009.', 65_536, 16 * 1024 * 1024),
+    max_sessions: positive('Concurrent sessions (TLS connections) accepted; more are refused and counted.', 20_000, 1_000_000),
+    max_send_buffer_bytes: positive('When this many response bytes wait unsent to a client that does not read, the daemon stops reading its requests until they drain.', 1_048_576, 1 << 30),
+    ping_interval_ms: positive('Interval of WebSocket pings on a session; a session that misses two is closed.', 30_000, 3_600_000),
+  })
+  .strict();
+
+export const metricsSchema = z
+  .object({
+    enabled: z.boolean().default(true).describe('Serve /metrics, /healthz and /readyz over plain HTTP.'),
+    host: z.string().min(1).default('127.0.0.1').describe('Address of the metrics and health listener. Keep it on loopback or a management network.'),
+    port: port('Port of the metrics and health listener.', 2406),
+  })
+  .strict();
+
+export const keyOptionsSchema = z
+  .object({
+    decrypt: z.boolean().default(false).describe('Allow RSA decryption (TLS 1.2 RSA key exchange) with this key.'),
+  })
+  .strict();
+
+export const backendSchema = z.discriminatedUnion('type', [fileBackendSchema]);
+
+export const configSchema = z
+  .object({
+    listen: listenSchema.prefault({}),
+    tls: tlsSchema,
+    limits: limitsSchema.prefault({}),
+    metrics: metricsSchema.prefault({}),
+    log: z
+      .object({ level: z.enum(LOG_LEVELS).default('info').describe('Lowest level written to the JSON log on stdout.') })
+      .strict()
+      .prefault({}),
+    pid_file: z.string().min(1).optional().describe('File the daemon writes its process id to.'),
+    backends: z.array(backendSchema).min(1, { error: 'expected at least one backend' }).describe('Key stores to serve keys from.'),
+    keys: z.record(z.string(), keyOptionsSchema).default({}).describe('Per-key settings, by key name.'),
+  })
+  .strict();
+
+export type Config = z.infer<typeof configSchema>;
+export type BackendConfig = z.infer<typeof backendSchema>;

@@ -1,0 +1,147 @@
+import type { AddressInfo } from 'node:net';
+import { writeFileSync, rmSync } from 'node:fs';
+import type { Config } from './config/schema';
+import { createBackend } from './keys/backends';
+import { KeyRegistry } from './keys/registry';
+import type { Backend, KeyHandle } from './keys/types';
+import type { Logger } from './log';
+import { MetricsServer } from './metrics/http';
+import { Metrics } from './metrics/metrics';
+import { Dispatcher } from './server/dispatcher';
+import { loadTlsMaterial, serverTlsOptions } from './server/tls';
+import { V1Listener } from './server/v1-listener';
+
+export interface DaemonAddresses {
+  readonly v1: AddressInfo;
+  readonly metrics?: AddressInfo;
+}
+
+/** Backends opened and their keys indexed: everything a config turns into before serving. */
+interface KeySet {
+  readonly backends: Backend[];
+  readonly registry: KeyRegistry;
+}
+
+async function openKeys(config: Config, logger: Logger, metrics: Metrics): Promise<KeySet> {
+  const backends: Backend[] = [];
+  const handles: KeyHandle[] = [];
+  try {
+    for (const entry of config.backends) {
+      const backend = createBackend(entry, logger);
+      backends.push(backend);
+      const { keys } = await backend.open();
+      handles.push(...keys);
+    }
+  } catch (err) {
+    await Promise.allSettled(backends.map((b) => b.close()));
+    throw err;
+  }
+  const registry = new KeyRegistry(handles, (name) => ({ decryptAllowed: config.keys[name]?.decrypt ?? false }));
+  for (const skipped of registry.skipped) logger.warn({ key: skipped.source, reason: skipped.reason }, `not serving ${skipped.source}: ${skipped.reason}`);
+  metrics.keysLoaded.reset();
+  for (const backend of backends) {
+    metrics.keysLoaded.set({ backend: backend.name }, registry.list().filter((k) => k.handle.backend === backend).length);
+  }
+  return { backends, registry };
+}
+
+/**
+ * keylessd: wires configuration, backends, the key registry, listeners and metrics
+ * together, and owns their lifecycle (start, reload, drain).
+ */
+export class Daemon {
+  readonly metrics = new Metrics();
+  private keys!: KeySet;
+  private dispatcher!: Dispatcher;
+  private v1!: V1Listener;
+  private metricsServer?: MetricsServer;
+
+  private constructor(
+    private config: Config,
+    private readonly logger: Logger,
+  ) {}
+
+  static async start(config: Config, logger: Logger): Promise<{ daemon: Daemon; addresses: DaemonAddresses }> {
+    const daemon = new Daemon(config, logger);
+    const addresses = await daemon.startServing();
+    return { daemon, addresses };
+  }
+
+  get registry(): KeyRegistry {
+    return this.keys.registry;
+  }
+
+  private async startServing(): Promise<DaemonAddresses> {
+    const { config, logger, metrics } = this;
+    const tls = loadTlsMaterial(config.tls);
+    this.keys = await openKeys(config, logger, metrics);
+    if (this.keys.registry.size === 0) logger.warn('no keys loaded: every sign request will answer KEY_NOT_FOUND');
+    this.dispatcher = new Dispatcher(
+      () => this.keys.registry,
+      () => ({ maxInflightPerSession: this.config.limits.max_inflight_per_session, maxInflightTotal: this.config.limits.max_inflight_total }),
+      metrics,
+    );
+    this.v1 = new V1Listener(
+      {
+        host: config.listen.host,
+        port: config.listen.port,
+        path: config.listen.path,
+        tls: serverTlsOptions(tls, config.tls.min_version, config.tls.handshake_timeout_ms),
+        maxFrameBytes: config.limits.max_frame_bytes,
+        maxSessions: config.limits.max_sessions,
+        maxSendBufferBytes: config.limits.max_send_buffer_bytes,
+        pingIntervalMs: config.limits.ping_interval_ms,
+      },
+      this.dispatcher,
+      metrics,
+      logger,
+    );
+    const v1 = await this.v1.start();
+    this.recordCertificates(tls.serverNotAfter, tls.clientCaNotAfter);
+    let metricsAddress: AddressInfo | undefined;
+    if (config.metrics.enabled) {
+      this.metricsServer = new MetricsServer(metrics, () => this.readinessChecks());
+      metricsAddress = await this.metricsServer.start(config.metrics.host, config.metrics.port);
+    }
+    if (config.pid_file) writeFileSync(config.pid_file, `${process.pid}\n`);
+    metrics.reloadSuccess.set(1);
+    metrics.reloadTime.set(Date.now() / 1000);
+    logger.info(
+      { listen: `${v1.address}:${v1.port}`, metrics: metricsAddress && `${metricsAddress.address}:${metricsAddress.port}`, keys: this.keys.registry.size },
+      `keylessd serving ${this.keys.registry.size} keys on wss://${v1.address}:${v1.port}${config.listen.path}`,
+    );
+    return { v1, metrics: metricsAddress };
+  }
+
+  private recordCertificates(serverNotAfter: Date, clientCaNotAfter: Date): void {
+    this.metrics.certificateExpiry.set({ listener: 'keyless.v1', role: 'server' }, serverNotAfter.getTime() / 1000);
+    this.metrics.certificateExpiry.set({ listener: 'keyless.v1', role: 'client_ca' }, clientCaNotAfter.getTime() / 1000);
+  }
+
+  private readinessChecks() {
+    return [
+      { name: 'keys', problem: () => (this.keys.registry.size > 0 ? undefined : 'no keys loaded') },
+      ...this.keys.backends.map((backend) => ({
+        name: `backend:${backend.name}`,
+        problem: () => {
+          this.metrics.backendUp.set({ backend: backend.name }, backend.healthy() ? 1 : 0);
+          return backend.healthy() ? undefined : `backend ${backend.name} is down`;
+        },
+      })),
+    ];
+  }
+
+  /** Stops accepting, lets in-flight requests finish (up to `deadlineMs`), closes sessions, releases backends. */
+  async shutdown(deadlineMs: number): Promise<void> {
+    const stopped = this.v1.stopAccepting();
+    const deadline = Date.now() + deadlineMs;
+    while (this.dispatcher.inflight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    if (this.dispatcher.inflight > 0) this.logger.warn({ inflight: this.dispatcher.inflight }, 'shutdown deadline reached with requests still in flight');
+    this.v1.closeSessions();
+    await stopped;
+    await this.metricsServer?.stop();
+    await Promise.allSettled(this.keys.backends.map((b) => b.close()));
+    if (this.config.pid_file) rmSync(this.config.pid_file, { force: true });
+    this.logger.info('keylessd stopped');
+  }
+}

@@ -1,0 +1,12 @@
+import { FileBackend } from '../../backends/file';
+import type { BackendConfig } from '../config/schema';
+import type { Logger } from '../log';
+import type { Backend } from './types';
+
+/** The one place a backend config entry becomes a Backend. */
+export function createBackend(config: BackendConfig, logger: Logger): Backend {
+  switch (config.type) {
+    case 'file':
+      return new FileBackend(config, logger.child({ backend: config.name }));
+  }
+}

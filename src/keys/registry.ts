@@ -1,0 +1,60 @@
+import type { KeyHandle, SkippedKey } from './types';
+
+export type KeyRef = { readonly ski: Buffer } | { readonly spkiSha256: Buffer } | { readonly name: string };
+
+export interface KeyOptions {
+  /** RSA decryption (TLS 1.2 RSA key exchange) is off unless the key's config enables it. */
+  readonly decryptAllowed: boolean;
+}
+
+export interface RegisteredKey extends KeyOptions {
+  readonly handle: KeyHandle;
+}
+
+/**
+ * The keys being served, indexed every way a client can name one. Immutable: a reload
+ * builds a new registry and swaps it in, so a request sees one consistent set.
+ */
+export class KeyRegistry {
+  private readonly byName = new Map<string, RegisteredKey>();
+  private readonly bySki = new Map<string, RegisteredKey>();
+  private readonly bySpki = new Map<string, RegisteredKey>();
+  readonly skipped: SkippedKey[] = [];
+
+  constructor(handles: readonly KeyHandle[], optionsFor: (name: string) => KeyOptions) {
+    for (const handle of handles) {
+      const ski = handle.publicKey.ski.toString('hex');
+      const clash = this.byName.get(handle.name) ?? this.bySki.get(ski);
+      if (clash) {
+        // The first configured backend wins; the same key in two stores is served once.
+        const what = clash.handle.name === handle.name ? `the name ${handle.name}` : `SKI ${ski}`;
+        this.skipped.push({ source: `${handle.backend.name}/${handle.name}`, reason: `${what} is already served by backend ${clash.handle.backend.name}` });
+        continue;
+      }
+      const entry: RegisteredKey = { handle, ...optionsFor(handle.name) };
+      this.byName.set(handle.name, entry);
+      this.bySki.set(ski, entry);
+      this.bySpki.set(handle.publicKey.spkiSha256.toString('hex'), entry);
+    }
+  }
+
+  find(ref: KeyRef): RegisteredKey | undefined {
+    if ('name' in ref) return this.byName.get(ref.name);
+    if ('ski' in ref) return this.bySki.get(ref.ski.toString('hex'));
+    return this.bySpki.get(ref.spkiSha256.toString('hex'));
+  }
+
+  list(): RegisteredKey[] {
+    return [...this.byName.values()];
+  }
+
+  get size(): number {
+    return this.byName.size;
+  }
+}
+
+export function describeKeyRef(ref: KeyRef): string {
+  if ('name' in ref) return `name "${ref.name}"`;
+  if ('ski' in ref) return `SKI ${ref.ski.toString('hex')}`;
+  return `SPKI SHA-256 ${ref.spkiSha256.toString('hex')}`;
+}

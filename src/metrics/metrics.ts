@@ -1,0 +1,115 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/**
+ * Every metric keylessd exports, on a registry of its own. Labels take values from
+ * configuration and the protocol only (listener, backend, key name, operation,
+ * algorithm, error code), never per client or per request, so cardinality stays bounded.
+ */
+export class Metrics {
+  readonly registry = new Registry();
+
+  readonly requests = new Counter({
+    name: 'keyless_requests_total',
+    help: 'Requests answered, by listener, operation, algorithm, backend and result (ok or the error code).',
+    labelNames: ['listener', 'operation', 'algorithm', 'backend', 'result'] as const,
+    registers: [this.registry],
+  });
+  readonly requestDuration = new Histogram({
+    name: 'keyless_request_duration_seconds',
+    help: 'Time from a request being decoded to its answer being sent.',
+    labelNames: ['listener', 'operation'] as const,
+    buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5],
+    registers: [this.registry],
+  });
+  readonly backendDuration = new Histogram({
+    name: 'keyless_backend_operation_duration_seconds',
+    help: 'Time a backend took for one private-key operation.',
+    labelNames: ['backend', 'operation'] as const,
+    buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5],
+    registers: [this.registry],
+  });
+  readonly sessionsActive = new Gauge({
+    name: 'keyless_sessions_active',
+    help: 'Sessions (connections) currently open, by listener.',
+    labelNames: ['listener'] as const,
+    registers: [this.registry],
+  });
+  readonly sessionsOpened = new Counter({
+    name: 'keyless_sessions_opened_total',
+    help: 'Sessions opened since start, by listener.',
+    labelNames: ['listener'] as const,
+    registers: [this.registry],
+  });
+  readonly connectionsRefused = new Counter({
+    name: 'keyless_connections_refused_total',
+    help: 'Connections refused before a session began, by listener and reason (max_sessions, bad_upgrade, shutting_down).',
+    labelNames: ['listener', 'reason'] as const,
+    registers: [this.registry],
+  });
+  readonly handshakeFailures = new Counter({
+    name: 'keyless_tls_handshake_failures_total',
+    help: 'TLS handshakes that failed, by listener and reason (no_certificate, unknown_ca, expired, timeout, other).',
+    labelNames: ['listener', 'reason'] as const,
+    registers: [this.registry],
+  });
+  readonly inflight = new Gauge({
+    name: 'keyless_inflight_requests',
+    help: 'Requests being worked on, by listener.',
+    labelNames: ['listener'] as const,
+    registers: [this.registry],
+  });
+  readonly policyDenials = new Counter({
+    name: 'keyless_policy_denials_total',
+    help: 'Requests refused by access policy, by key.',
+    labelNames: ['key'] as const,
+    registers: [this.registry],
+  });
+  readonly keysLoaded = new Gauge({
+    name: 'keyless_keys_loaded',
+    help: 'Keys being served, by backend.',
+    labelNames: ['backend'] as const,
+    registers: [this.registry],
+  });
+  readonly backendUp = new Gauge({
+    name: 'keyless_backend_up',
+    help: '1 while a backend is healthy, 0 while it is down or reconnecting.',
+    labelNames: ['backend'] as const,
+    registers: [this.registry],
+  });
+  readonly protocolErrors = new Counter({
+    name: 'keyless_protocol_errors_total',
+    help: 'Frames that could not be served as requests, by listener and kind (text_frame, undecodable, too_big, format).',
+    labelNames: ['listener', 'kind'] as const,
+    registers: [this.registry],
+  });
+  readonly auditRecords = new Counter({
+    name: 'keyless_audit_records_total',
+    help: 'Records appended to the audit log.',
+    registers: [this.registry],
+  });
+  readonly auditWriteFailures = new Counter({
+    name: 'keyless_audit_write_failures_total',
+    help: 'Failed writes to the audit log.',
+    registers: [this.registry],
+  });
+  readonly certificateExpiry = new Gauge({
+    name: 'keyless_certificate_expiry_timestamp_seconds',
+    help: 'When a configured certificate expires (Unix time), by listener and role (server, client_ca).',
+    labelNames: ['listener', 'role'] as const,
+    registers: [this.registry],
+  });
+  readonly reloadSuccess = new Gauge({
+    name: 'keyless_config_last_reload_successful',
+    help: '1 if the last configuration reload succeeded, 0 if it failed and the previous configuration is still serving.',
+    registers: [this.registry],
+  });
+  readonly reloadTime = new Gauge({
+    name: 'keyless_config_last_reload_timestamp_seconds',
+    help: 'When the configuration was last loaded or reloaded (Unix time).',
+    registers: [this.registry],
+  });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: 20 });
+  }
+}

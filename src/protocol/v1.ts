@@ -1,0 +1,82 @@
+/**
+ * keyless.v1 codec: bytes in, typed messages out, and back. No I/O, so the server, the
+ * client and the fuzz tests share it. The message classes come from proto/keyless.proto.
+ */
+import Long from 'long';
+import { keyless } from '../gen/keyless';
+import { SIGNATURE_ALGORITHMS, type DecryptPadding, type SignatureAlgorithm } from '../crypto/algorithms';
+import { BadRequestError, ERROR_CODES, type ErrorCode } from '../errors';
+import type { KeyRef } from '../keys/registry';
+
+export const pb = keyless.v1;
+export type RequestMessage = keyless.v1.Request;
+export type ResponseMessage = keyless.v1.Response;
+export type KeyInfoMessage = keyless.v1.KeyInfo.$Properties;
+export type RequestId = number | Long;
+
+/** Throws (protobufjs errors) when the bytes are not a Request; the caller closes the session. */
+export function decodeRequest(bytes: Uint8Array): RequestMessage {
+  return pb.Request.decode(bytes);
+}
+
+export function decodeResponse(bytes: Uint8Array): ResponseMessage {
+  return pb.Response.decode(bytes);
+}
+
+export function encodeRequest(request: keyless.v1.Request.$Properties): Uint8Array {
+  return pb.Request.encode(request).finish();
+}
+
+export function encodeResponse(response: keyless.v1.Response.$Properties): Uint8Array {
+  return pb.Response.encode(response).finish();
+}
+
+export function errorResponse(id: RequestId | null | undefined, code: ErrorCode, message: string): Uint8Array {
+  return encodeResponse({ id: id ?? 0, error: { code: pb.ErrorCode[code], message } });
+}
+
+export function errorCodeName(code: number | null | undefined): ErrorCode | 'ERROR_CODE_UNSPECIFIED' {
+  return code ? (ERROR_CODES[code - 1] ?? 'ERROR_CODE_UNSPECIFIED') : 'ERROR_CODE_UNSPECIFIED';
+}
+
+/** The request id as a JS number when it fits, else its decimal string (for logs and the audit trail). */
+export function requestIdText(id: RequestId | null | undefined): string {
+  if (id === null || id === undefined) return '0';
+  return typeof id === 'number' ? String(id) : id.toString();
+}
+
+export function keyRefFromMessage(ref: keyless.v1.KeyRef.$Properties | null | undefined): KeyRef {
+  if (!ref) throw new BadRequestError('the request names no key (`key` is missing)');
+  if (ref.ski != null && ref.ski.length > 0) {
+    if (ref.ski.length !== 20) throw new BadRequestError(`key.ski must be 20 bytes, got ${ref.ski.length}`);
+    return { ski: Buffer.from(ref.ski) };
+  }
+  if (ref.spkiSha256 != null && ref.spkiSha256.length > 0) {
+    if (ref.spkiSha256.length !== 32) throw new BadRequestError(`key.spki_sha256 must be 32 bytes, got ${ref.spkiSha256.length}`);
+    return { spkiSha256: Buffer.from(ref.spkiSha256) };
+  }
+  if (ref.name) return { name: ref.name };
+  throw new BadRequestError('key must set one of ski, spki_sha256 or name');
+}
+
+export function keyRefToMessage(ref: KeyRef): keyless.v1.KeyRef.$Properties {
+  if ('name' in ref) return { name: ref.name };
+  if ('ski' in ref) return { ski: ref.ski };
+  return { spkiSha256: ref.spkiSha256 };
+}
+
+export function signatureAlgorithmFromMessage(value: number | null | undefined): SignatureAlgorithm {
+  const name = value ? SIGNATURE_ALGORITHMS[value - 1] : undefined;
+  if (!name) throw new BadRequestError(value ? `unknown signature algorithm ${value}` : 'algorithm is missing (SIGNATURE_ALGORITHM_UNSPECIFIED)');
+  return name;
+}
+
+export function signatureAlgorithmNumber(name: SignatureAlgorithm): number {
+  return SIGNATURE_ALGORITHMS.indexOf(name) + 1;
+}
+
+export function decryptPaddingFromMessage(value: number | null | undefined): DecryptPadding {
+  if (value === pb.DecryptPadding.RSA_RAW) return 'rsa-raw';
+  if (value === pb.DecryptPadding.RSA_OAEP_SHA256) return 'rsa-oaep-sha256';
+  throw new BadRequestError(value ? `unknown decrypt padding ${value}` : 'padding is missing (DECRYPT_PADDING_UNSPECIFIED)');
+}

@@ -1,0 +1,19 @@
+import { algorithmsFor } from '../crypto/algorithms';
+import type { RegisteredKey } from '../keys/registry';
+import { signatureAlgorithmNumber, type KeyInfoMessage } from '../protocol/v1';
+
+export function keyInfoMessage(key: RegisteredKey): KeyInfoMessage {
+  const pub = key.handle.publicKey;
+  return {
+    name: key.handle.name,
+    ski: pub.ski,
+    spkiSha256: pub.spkiSha256,
+    publicKey: pub.spki,
+    type: pub.type,
+    bits: pub.bits,
+    curve: pub.curve,
+    backend: key.handle.backend.name,
+    algorithms: algorithmsFor(pub.type).map(signatureAlgorithmNumber),
+    decryptAllowed: key.decryptAllowed && pub.type === 'rsa',
+  };
+}

@@ -1,0 +1,30 @@
+import type { X509Certificate } from 'node:crypto';
+
+export type ListenerName = 'keyless.v1' | 'cloudflare';
+
+/** Facts about one authenticated session, fixed for its life. */
+export interface SessionInfo {
+  readonly id: string;
+  readonly listener: ListenerName;
+  /** `address:port` of the edge. */
+  readonly peer: string;
+  readonly certificate: X509Certificate;
+  /** Requests this session has in flight; owned by the dispatcher. */
+  inflight: number;
+}
+
+/** Optional facts about the end user's TLS connection, recorded in the audit log and usable by policy. */
+export interface RequestFacts {
+  readonly sni?: string;
+  readonly clientIp?: string;
+  readonly serverIp?: string;
+  readonly requestId?: string;
+  readonly complianceRegion?: number;
+}
+
+let sessionCounter = 0;
+/** Unique within this process and sortable by opening order; never derived from client data. */
+export function nextSessionId(): string {
+  sessionCounter += 1;
+  return `${process.pid.toString(36)}-${sessionCounter.toString(36)}`;
+}

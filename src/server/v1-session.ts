@@ -1,0 +1,124 @@
+import type { WebSocket } from 'ws';
+import { SCHEME_OF } from '../crypto/algorithms';
+import { BadRequestError, toKeylessError } from '../errors';
+import type { keyless } from '../gen/keyless';
+import type { Logger } from '../log';
+import type { Metrics } from '../metrics/metrics';
+import {
+  decodeRequest,
+  decryptPaddingFromMessage,
+  encodeResponse,
+  errorResponse,
+  keyRefFromMessage,
+  signatureAlgorithmFromMessage,
+  type RequestMessage,
+} from '../protocol/v1';
+import { ipFromBytes } from '../util/ip';
+import type { Dispatcher } from './dispatcher';
+import { keyInfoMessage } from './key-info';
+import type { RequestFacts, SessionInfo } from './session-info';
+
+/** WebSocket close codes (RFC 6455 §7.4.1). */
+export const CloseCode = { goingAway: 1001, protocolError: 1002, unsupportedData: 1003, tooBig: 1009 } as const;
+
+type Answer = Omit<keyless.v1.Response.$Properties, 'id'>;
+
+/**
+ * One keyless.v1 session: decodes each binary message as a Request, runs it, and sends
+ * the Response as soon as it is ready, whatever order requests finish in. A frame that
+ * cannot be decoded cannot be answered by id, so it closes this session (1002) only.
+ */
+export class V1Session {
+  private paused = false;
+
+  constructor(
+    private readonly ws: WebSocket,
+    readonly info: SessionInfo,
+    private readonly dispatcher: Dispatcher,
+    private readonly metrics: Metrics,
+    private readonly logger: Logger,
+    private readonly maxSendBuffer: number,
+  ) {
+    ws.on('message', (data, isBinary) => this.onMessage(data as Buffer, isBinary));
+  }
+
+  private onMessage(data: Buffer, isBinary: boolean): void {
+    if (!isBinary) return this.closeForProtocolError('text_frame', CloseCode.protocolError, 'text frames are not part of keyless.v1');
+    let request: RequestMessage;
+    try {
+      request = decodeRequest(data);
+    } catch {
+      return this.closeForProtocolError('undecodable', CloseCode.protocolError, 'frame is not a keyless.v1 Request');
+    }
+    const id = request.id;
+    this.answer(request).then(
+      (answer) => this.send(encodeResponse({ id, ...answer })),
+      (err: unknown) => {
+        const failure = toKeylessError(err);
+        if (failure.code === 'INTERNAL') this.logger.error({ err, session: this.info.id }, 'request failed with an internal error');
+        this.send(errorResponse(id, failure.code, failure.code === 'INTERNAL' ? 'internal error' : failure.message));
+      },
+    );
+  }
+
+  private async answer(request: RequestMessage): Promise<Answer> {
+    const facts = requestFacts(request);
+    switch (request.op) {
+      case 'ping':
+        return { pong: { payload: request.ping!.payload } };
+      case 'sign': {
+        const sign = request.sign!;
+        const algorithm = signatureAlgorithmFromMessage(sign.algorithm);
+        const ref = keyRefFromMessage(sign.key);
+        const input = sign.input === 'digest' ? { digest: Buffer.from(sign.digest!) } : sign.input === 'message' ? { message: Buffer.from(sign.message!) } : undefined;
+        if (!input) throw new BadRequestError('sign needs `digest` or `message`');
+        return { signature: await this.dispatcher.sign(this.info, ref, algorithm, SCHEME_OF[algorithm], input, facts) };
+      }
+      case 'decrypt': {
+        const decrypt = request.decrypt!;
+        const padding = decryptPaddingFromMessage(decrypt.padding);
+        const ref = keyRefFromMessage(decrypt.key);
+        return { plaintext: await this.dispatcher.decrypt(this.info, ref, padding, Buffer.from(decrypt.ciphertext ?? []), facts) };
+      }
+      case 'listKeys':
+        return { keys: { keys: this.dispatcher.listKeys(this.info).map(keyInfoMessage) } };
+      case 'getKey':
+        return { key: keyInfoMessage(this.dispatcher.getKey(this.info, keyRefFromMessage(request.getKey!.key))) };
+      default:
+        throw new BadRequestError('the request carries no operation');
+    }
+  }
+
+  private send(bytes: Uint8Array): void {
+    if (this.ws.readyState !== this.ws.OPEN) return;
+    this.ws.send(bytes);
+    // A client that sends but does not read would make responses pile up here without bound:
+    // stop reading its requests until the socket drains.
+    if (!this.paused && this.ws.bufferedAmount > this.maxSendBuffer) {
+      this.paused = true;
+      this.ws.pause();
+      const socket = (this.ws as unknown as { _socket: NodeJS.EventEmitter })._socket;
+      socket.once('drain', () => {
+        this.paused = false;
+        this.ws.resume();
+      });
+    }
+  }
+
+  private closeForProtocolError(kind: string, code: number, reason: string): void {
+    this.metrics.protocolErrors.inc({ listener: this.info.listener, kind });
+    this.logger.warn({ session: this.info.id, peer: this.info.peer, kind }, `closing session: ${reason}`);
+    this.ws.close(code, reason);
+  }
+}
+
+function requestFacts(request: RequestMessage): RequestFacts | undefined {
+  const context = request.context;
+  if (!context) return undefined;
+  return {
+    sni: context.sni || undefined,
+    clientIp: ipFromBytes(context.clientIp),
+    serverIp: ipFromBytes(context.serverIp),
+    requestId: context.requestId || undefined,
+  };
+}

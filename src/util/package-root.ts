@@ -1,0 +1,13 @@
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+
+/** The folder holding keylessd's package.json, whether running from src/ (tests) or dist/. */
+export function packageRoot(): string {
+  let dir = __dirname;
+  while (!existsSync(join(dir, 'package.json')) || !existsSync(join(dir, 'proto'))) {
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error(`cannot find the keylessd package folder above ${__dirname}`);
+    dir = parent;
+  }
+  return dir;
+}

@@ -9,4 +9,5 @@ module.exports = {
   transformIgnorePatterns: ['/node_modules/', '/src/gen/'],
   testTimeout: 60000,
   maxWorkers: 2,
+  reporters: ['default', '<rootDir>/test/summary-reporter.js'],
 };

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { parseDocument } from 'yaml';
+import { LineCounter, parseDocument } from 'yaml';
 import { ConfigError } from '../errors';
 import { formatConfigIssues } from './format';
 import { configSchema, type Config } from './schema';
@@ -49,10 +49,11 @@ function applyOverrides(raw: Record<string, unknown>, overrides: readonly Overri
 
 /** Parses YAML text into a plain object, or throws a ConfigError with the line of the first syntax error. */
 export function parseYaml(text: string, file: string): Record<string, unknown> {
-  const doc = parseDocument(text, { prettyErrors: false });
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { prettyErrors: false, lineCounter });
   if (doc.errors.length > 0) {
     const first = doc.errors[0]!;
-    const line = first.linePos?.[0]?.line;
+    const line = lineCounter.linePos(first.pos[0]).line;
     throw new ConfigError(line ? `${file}:${line}` : file, `not valid YAML: ${first.message.split('\n')[0]}`);
   }
   const value = doc.toJS() as unknown;

@@ -43,8 +43,8 @@ export const tlsSchema = z
 
 export const limitsSchema = z
   .object({
-    max_inflight_per_session: positive('Requests one session may have in flight; more are answered OVERLOADED at once.', 1024, 1_000_000),
-    max_inflight_total: positive('Requests in flight across all sessions; more are answered OVERLOADED at once.', 16_384, 10_000_000),
+    max_inflight_per_session: positive('Requests one session may have in flight; more are answered OVERLOADED at once.', 4096, 1_000_000),
+    max_inflight_total: positive('Requests in flight across all sessions; more are answered OVERLOADED at once.', 65_536, 10_000_000),
     max_frame_bytes: positive('Largest WebSocket message accepted; a larger one closes the session with code 1009.', 65_536, 16 * 1024 * 1024),
     max_sessions: positive('Concurrent sessions (TLS connections) accepted; more are refused and counted.', 20_000, 1_000_000),
     max_send_buffer_bytes: positive('When this many response bytes wait unsent to a client that does not read, the daemon stops reading its requests until they drain.', 1_048_576, 1 << 30),

@@ -85,12 +85,19 @@ export function serverTlsOptions(material: TlsMaterial, minVersion: 'TLSv1.2' | 
   };
 }
 
-/** Why a TLS handshake failed, as a bounded metric label. */
-export function handshakeFailureReason(err: NodeJS.ErrnoException): 'no_certificate' | 'unknown_ca' | 'expired' | 'timeout' | 'other' {
-  const text = `${err.code ?? ''} ${err.message}`;
+/**
+ * Why a TLS handshake failed, as a bounded metric label. Node verifies the client
+ * certificate at the end of the handshake and drops the connection; the verdict is then
+ * in the socket's `authorizationError`, not in the error.
+ */
+export function handshakeFailureReason(
+  err: NodeJS.ErrnoException,
+  authorizationError?: Error | string | null,
+): 'no_certificate' | 'unknown_ca' | 'expired' | 'timeout' | 'other' {
+  const text = `${authorizationError ?? ''} ${err.code ?? ''} ${err.message}`;
   if (/PEER_DID_NOT_RETURN_A_CERTIFICATE|NO_CERTIFICATE/i.test(text)) return 'no_certificate';
   if (/EXPIRED/i.test(text)) return 'expired';
-  if (/UNKNOWN_CA|UNABLE_TO_GET_ISSUER|SELF_SIGNED|CERTIFICATE_VERIFY_FAILED|unable to verify|LOCAL_ISSUER/i.test(text)) return 'unknown_ca';
+  if (/UNKNOWN_CA|UNABLE_TO_GET_ISSUER|UNABLE_TO_VERIFY|SELF_SIGNED|CERTIFICATE_VERIFY_FAILED|unable to verify|LOCAL_ISSUER/i.test(text)) return 'unknown_ca';
   if (/HANDSHAKE_TIMEOUT|timed? ?out/i.test(text)) return 'timeout';
   return 'other';
 }

@@ -46,9 +46,9 @@ export class V1Listener {
     this.server.maxConnections = options.maxSessions;
     this.server.on('drop', () => this.metrics.connectionsRefused.inc({ listener: LISTENER, reason: 'max_sessions' }));
     this.server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => {
-      const reason = handshakeFailureReason(err);
+      const reason = handshakeFailureReason(err, socket.authorizationError);
       this.metrics.handshakeFailures.inc({ listener: LISTENER, reason });
-      this.logger.info({ listener: LISTENER, peer: `${socket.remoteAddress}:${socket.remotePort}`, reason, error: err.code ?? err.message }, 'TLS handshake failed');
+      this.logger.info({ listener: LISTENER, peer: `${socket.remoteAddress}:${socket.remotePort}`, reason, error: String(socket.authorizationError ?? err.code ?? err.message) }, 'TLS handshake failed');
     });
     this.server.on('secureConnection', (socket: TLSSocket) => socket.disableRenegotiation());
     this.wss = new WebSocketServer({ noServer: true, maxPayload: options.maxFrameBytes, perMessageDeflate: false, clientTracking: false });

@@ -1,0 +1,60 @@
+import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { KeylessSession } from '../../src/client/session';
+import { validateConfig } from '../../src/config/load';
+import { Daemon, type DaemonAddresses } from '../../src/daemon';
+import { createLogger } from '../../src/log';
+import type { CertificateAndKey } from '../../src/pki/certificates';
+import { makeTestPki, type TestPki } from './pki';
+
+export type TestKeySpec = { name: string; type: 'rsa'; bits: number } | { name: string; type: 'ec'; curve: string } | { name: string; type: 'ed25519' };
+
+export function generateKey(spec: TestKeySpec): KeyObject {
+  if (spec.type === 'rsa') return generateKeyPairSync('rsa', { modulusLength: spec.bits }).privateKey;
+  if (spec.type === 'ec') return generateKeyPairSync('ec', { namedCurve: spec.curve }).privateKey;
+  return generateKeyPairSync('ed25519').privateKey;
+}
+
+/** Writes keys as PKCS#8 PEM files named `<name>.pem` into a new temp folder. */
+export function writeKeyDir(keys: ReadonlyArray<{ name: string; key: KeyObject }>): string {
+  const dir = mkdtempSync(join(tmpdir(), 'keylessd-keys-'));
+  for (const { name, key } of keys) writeFileSync(join(dir, `${name}.pem`), key.export({ format: 'pem', type: 'pkcs8' }));
+  return dir;
+}
+
+export interface RunningDaemon {
+  readonly daemon: Daemon;
+  readonly addresses: DaemonAddresses;
+  readonly pki: TestPki;
+  readonly url: string;
+  connect(client?: CertificateAndKey): Promise<KeylessSession>;
+  stop(): Promise<void>;
+}
+
+/** A real daemon on 127.0.0.1 with ephemeral ports, configured from `extra` on top of a test PKI. */
+export async function startDaemon(extra: Record<string, unknown>, pki?: TestPki): Promise<RunningDaemon> {
+  const testPki = pki ?? (await makeTestPki());
+  const raw = {
+    listen: { host: '127.0.0.1', port: 1 },
+    tls: { cert: testPki.files.serverCert, key: testPki.files.serverKey, client_ca: testPki.files.caCert },
+    metrics: { host: '127.0.0.1', port: 1 },
+    ...extra,
+  };
+  const config = validateConfig(raw);
+  // Port 0 is not a valid config value for operators; tests need ephemeral ports.
+  (config.listen as { port: number }).port = 0;
+  (config.metrics as { port: number }).port = 0;
+  const { daemon, addresses } = await Daemon.start(config, createLogger('silent'));
+  const url = `wss://127.0.0.1:${addresses.v1.port}/v1`;
+  return {
+    daemon,
+    addresses,
+    pki: testPki,
+    url,
+    connect: (client = testPki.client) =>
+      KeylessSession.connect({ url, ca: Buffer.from(testPki.ca.certPem), cert: Buffer.from(client.certPem), key: Buffer.from(client.keyPem) }),
+    stop: () => daemon.shutdown(1000),
+  };
+}

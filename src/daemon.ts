@@ -56,6 +56,8 @@ export class Daemon {
   private v1!: V1Listener;
   private metricsServer?: MetricsServer;
 
+  private reloading?: Promise<boolean>;
+
   private constructor(
     private config: Config,
     private readonly logger: Logger,
@@ -111,6 +113,56 @@ export class Daemon {
       `keylessd serving ${this.keys.registry.size} keys on wss://${v1.address}:${v1.port}${config.listen.path}`,
     );
     return { v1, metrics: metricsAddress };
+  }
+
+  /**
+   * Applies a new configuration without dropping a session: keys, the server certificate,
+   * the client CA and limits. Everything is loaded and checked before anything is swapped,
+   * so a broken file leaves the running configuration serving. Resolves to whether the
+   * new configuration was applied. Listener addresses need a restart.
+   */
+  reload(load: () => Config): Promise<boolean> {
+    // Reloads run one at a time: a second SIGHUP during a reload waits for it.
+    const run = (this.reloading ?? Promise.resolve(true)).then(() => this.reloadNow(load));
+    this.reloading = run;
+    return run;
+  }
+
+  private async reloadNow(load: () => Config): Promise<boolean> {
+    const { logger, metrics } = this;
+    let next: Config;
+    let tls: ReturnType<typeof loadTlsMaterial>;
+    let keys: KeySet;
+    try {
+      next = load();
+      tls = loadTlsMaterial(next.tls);
+      keys = await openKeys(next, logger, metrics);
+    } catch (err) {
+      metrics.reloadSuccess.set(0);
+      metrics.reloadTime.set(Date.now() / 1000);
+      logger.error({ error: (err as Error).message }, `reload failed, still serving the previous configuration: ${(err as Error).message}`);
+      return false;
+    }
+    const previous = this.keys;
+    if (next.listen.host !== this.config.listen.host || next.listen.port !== this.config.listen.port || next.listen.path !== this.config.listen.path) {
+      logger.warn('listen.* changed: the listener keeps its address until a restart');
+    }
+    this.config = { ...next, listen: this.config.listen, metrics: this.config.metrics };
+    this.keys = keys;
+    this.v1.updateTls(serverTlsOptions(tls, next.tls.min_version, next.tls.handshake_timeout_ms));
+    this.recordCertificates(tls.serverNotAfter, tls.clientCaNotAfter);
+    metrics.reloadSuccess.set(1);
+    metrics.reloadTime.set(Date.now() / 1000);
+    logger.info({ keys: keys.registry.size }, `reloaded: serving ${keys.registry.size} keys`);
+    void this.retire(previous);
+    return true;
+  }
+
+  /** Closes a replaced key set's backends once no request still uses them. */
+  private async retire(old: KeySet): Promise<void> {
+    const giveUp = Date.now() + 60_000;
+    while (old.registry.inflight > 0 && Date.now() < giveUp) await new Promise((r) => setTimeout(r, 50));
+    await Promise.allSettled(old.backends.map((b) => b.close()));
   }
 
   private recordCertificates(serverNotAfter: Date, clientCaNotAfter: Date): void {

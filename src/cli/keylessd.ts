@@ -30,7 +30,8 @@ Options:
   -h, --help             this text
   -v, --version          print the version
 
-Signals: SIGTERM/SIGINT drain and exit 0 (a second one exits at once).`;
+Signals: SIGHUP reloads keys, certificates and policy without dropping sessions;
+SIGTERM/SIGINT drain and exit 0 (a second one exits at once).`;
 
 const FLAG_OVERRIDES: Readonly<Record<string, readonly string[]>> = {
   'listen-host': ['listen', 'host'],
@@ -93,16 +94,19 @@ async function main(): Promise<void> {
   ];
   if (values['check-config']) return checkConfig(values['check-config'], overrides);
 
-  let config: Config;
+  let load: () => Config;
   let embedded: string | undefined;
   if (values.config) {
-    config = loadConfigFile(values.config, overrides);
+    const file = values.config;
+    load = () => loadConfigFile(file, overrides);
   } else {
-    embedded = stateDir(process.env, values['state-dir']);
-    const created = await ensureDevState(embedded);
-    if (created) process.stderr.write(`keylessd: created a development PKI and demo keys in ${embedded}\n`);
-    config = validateConfig(devConfig(embedded), overrides);
+    const dir = stateDir(process.env, values['state-dir']);
+    embedded = dir;
+    const created = await ensureDevState(dir);
+    if (created) process.stderr.write(`keylessd: created a development PKI and demo keys in ${dir}\n`);
+    load = () => validateConfig(devConfig(dir), overrides);
   }
+  const config = load();
   const logger = createLogger(config.log.level);
   const { daemon, addresses } = await Daemon.start(config, logger);
   if (embedded) printEmbeddedHint(embedded, addresses.v1.port);
@@ -123,6 +127,11 @@ async function main(): Promise<void> {
       },
     );
   };
+  process.on('SIGHUP', () => {
+    if (stopping) return;
+    logger.info('SIGHUP: reloading configuration');
+    void daemon.reload(load);
+  });
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
 }

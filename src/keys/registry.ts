@@ -20,6 +20,11 @@ export class KeyRegistry {
   private readonly bySki = new Map<string, RegisteredKey>();
   private readonly bySpki = new Map<string, RegisteredKey>();
   readonly skipped: SkippedKey[] = [];
+  /**
+   * Requests that looked a key up here and have not finished. After a reload swaps in a
+   * new registry, the old backends are closed only once this reaches zero.
+   */
+  inflight = 0;
 
   constructor(handles: readonly KeyHandle[], optionsFor: (name: string) => KeyOptions) {
     for (const handle of handles) {

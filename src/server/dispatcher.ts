@@ -66,8 +66,8 @@ export class Dispatcher {
     return this.lookup(ref);
   }
 
-  private lookup(ref: KeyRef): RegisteredKey {
-    const key = this.registry().find(ref);
+  private lookup(ref: KeyRef, registry = this.registry()): RegisteredKey {
+    const key = registry.find(ref);
     if (!key) throw new KeyNotFoundError(`no key with ${describeKeyRef(ref)}`);
     return key;
   }
@@ -89,12 +89,14 @@ export class Dispatcher {
           : `the server has ${this.inflightTotal} requests in flight (limit ${limits.maxInflightTotal})`,
       );
     }
+    const registry = this.registry();
     session.inflight += 1;
     this.inflightTotal += 1;
+    registry.inflight += 1;
     this.metrics.inflight.inc({ listener: session.listener });
     const started = process.hrtime.bigint();
     try {
-      const key = this.lookup(ref);
+      const key = this.lookup(ref, registry);
       backend = key.handle.backend.name;
       if (!key.handle.backend.healthy()) throw new BackendUnavailableError(`backend ${backend} is down; retry on another server`);
       const result = await work(key);
@@ -108,6 +110,7 @@ export class Dispatcher {
     } finally {
       session.inflight -= 1;
       this.inflightTotal -= 1;
+      registry.inflight -= 1;
       this.metrics.inflight.dec({ listener: session.listener });
     }
   }

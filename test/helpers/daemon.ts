@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KeylessSession } from '../../src/client/session';
 import { validateConfig } from '../../src/config/load';
+import type { Config } from '../../src/config/schema';
 import { Daemon, type DaemonAddresses } from '../../src/daemon';
 import { createLogger } from '../../src/log';
 import type { CertificateAndKey } from '../../src/pki/certificates';
@@ -30,23 +31,26 @@ export interface RunningDaemon {
   readonly pki: TestPki;
   readonly url: string;
   connect(client?: CertificateAndKey): Promise<KeylessSession>;
+  /** Reloads with `extra` on top of the same PKI, as SIGHUP would. */
+  reload(extra: Record<string, unknown>): Promise<boolean>;
   stop(): Promise<void>;
+}
+
+function testConfig(extra: Record<string, unknown>, pki: TestPki): Config {
+  const config = validateConfig({
+    listen: { host: '127.0.0.1', port: 1 },
+    tls: { cert: pki.files.serverCert, key: pki.files.serverKey, client_ca: pki.files.caCert },
+    metrics: { host: '127.0.0.1', port: 1 },
+    ...extra,
+  });
+  // Port 0 is not a valid config value for operators; tests need ephemeral ports.
+  return { ...config, listen: { ...config.listen, port: 0 }, metrics: { ...config.metrics, port: 0 } };
 }
 
 /** A real daemon on 127.0.0.1 with ephemeral ports, configured from `extra` on top of a test PKI. */
 export async function startDaemon(extra: Record<string, unknown>, pki?: TestPki): Promise<RunningDaemon> {
   const testPki = pki ?? (await makeTestPki());
-  const raw = {
-    listen: { host: '127.0.0.1', port: 1 },
-    tls: { cert: testPki.files.serverCert, key: testPki.files.serverKey, client_ca: testPki.files.caCert },
-    metrics: { host: '127.0.0.1', port: 1 },
-    ...extra,
-  };
-  const config = validateConfig(raw);
-  // Port 0 is not a valid config value for operators; tests need ephemeral ports.
-  (config.listen as { port: number }).port = 0;
-  (config.metrics as { port: number }).port = 0;
-  const { daemon, addresses } = await Daemon.start(config, createLogger('silent'));
+  const { daemon, addresses } = await Daemon.start(testConfig(extra, testPki), createLogger('silent'));
   const url = `wss://127.0.0.1:${addresses.v1.port}/v1`;
   return {
     daemon,
@@ -55,6 +59,7 @@ export async function startDaemon(extra: Record<string, unknown>, pki?: TestPki)
     url,
     connect: (client = testPki.client) =>
       KeylessSession.connect({ url, ca: Buffer.from(testPki.ca.certPem), cert: Buffer.from(client.certPem), key: Buffer.from(client.keyPem) }),
+    reload: (next) => daemon.reload(() => testConfig(next, testPki)),
     stop: () => daemon.shutdown(1000),
   };
 }

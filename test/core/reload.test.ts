@@ -1,0 +1,100 @@
+import { generateKeyPairSync, createPublicKey, verify } from 'node:crypto';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { X509Certificate } from 'node:crypto';
+import { connect as tlsConnect } from 'node:tls';
+import { issueCertificate } from '../../src/pki/certificates';
+import { startDaemon, writeKeyDir } from '../helpers/daemon';
+import { freePort } from '../helpers/ports';
+import { KeylessSession } from '../../src/client/session';
+
+const p256 = () => generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+
+test('a reload under load swaps keys and the server certificate without failing a request', async () => {
+  const dir = writeKeyDir([{ name: 'steady', key: p256() }, { name: 'leaving', key: p256() }]);
+  const server = await startDaemon({ backends: [{ type: 'file', dir }] });
+  const session = await server.connect();
+  const message = Buffer.from('under load');
+  let stop = false;
+  let signed = 0;
+  const failures: unknown[] = [];
+  const workers = Array.from({ length: 8 }, async () => {
+    while (!stop) {
+      await session.sign({ name: 'steady' }, 'ECDSA_SHA256', { message }).then(
+        () => signed++,
+        (err) => failures.push(err),
+      );
+    }
+  });
+
+  // A new key arrives, one leaves, and the server certificate is replaced.
+  const arriving = p256();
+  writeFileSync(join(dir, 'arriving.pem'), arriving.export({ format: 'pem', type: 'pkcs8' }));
+  rmSync(join(dir, 'leaving.pem'));
+  const renewed = await issueCertificate(server.pki.ca, 'server', { commonName: 'renewed', dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'], days: 2 });
+  writeFileSync(server.pki.files.serverCert, renewed.certPem);
+  writeFileSync(server.pki.files.serverKey, renewed.keyPem);
+  const before = signed;
+  expect(await server.reload({ backends: [{ type: 'file', dir }] })).toBe(true);
+  while (signed < before + 200) await new Promise((r) => setImmediate(r));
+  stop = true;
+  await Promise.all(workers);
+
+  expect(failures).toEqual([]);
+  const signature = await session.sign({ name: 'arriving' }, 'ECDSA_SHA256', { message });
+  expect(verify('sha256', message, createPublicKey(arriving), signature)).toBe(true);
+  await expect(session.sign({ name: 'leaving' }, 'ECDSA_SHA256', { message })).rejects.toMatchObject({ code: 'KEY_NOT_FOUND' });
+
+  // New handshakes get the new certificate; the old session was never dropped.
+  const socket = tlsConnect({ host: '127.0.0.1', port: server.addresses.v1.port, ca: server.pki.ca.certPem, cert: server.pki.client.certPem, key: server.pki.client.keyPem, servername: 'localhost' });
+  await new Promise((resolve) => socket.once('secureConnect', resolve));
+  expect(new X509Certificate(socket.getPeerCertificate().raw).subject).toContain('CN=renewed');
+  socket.end();
+  expect(await session.ping(Buffer.from('same session'))).toEqual(Buffer.from('same session'));
+  await session.close();
+  await server.stop();
+});
+
+test('a reload that fails keeps the running configuration and says why', async () => {
+  const dir = writeKeyDir([{ name: 'kept', key: p256() }]);
+  const server = await startDaemon({ backends: [{ type: 'file', dir }] });
+  const session = await server.connect();
+  expect(await server.reload({ backends: [{ type: 'file', dir: '/nonexistent/keys' }] })).toBe(false);
+  expect(await server.reload({ backends: [{ type: 'file', dir }], tls: { cert: '/nonexistent.crt', key: 'x', client_ca: 'y' } })).toBe(false);
+  await session.sign({ name: 'kept' }, 'ECDSA_SHA256', { message: Buffer.from('still serving') });
+  const metrics = await (await fetch(`http://127.0.0.1:${server.addresses.metrics!.port}/metrics`)).text();
+  expect(metrics).toMatch(/^keyless_config_last_reload_successful 0$/m);
+  await session.close();
+  await server.stop();
+});
+
+test('SIGHUP reloads a running keylessd, SIGTERM drains and exits 0', async () => {
+  const stateDir = join(mkdtempSync(join(tmpdir(), 'keylessd-hup-')), 'state');
+  const port = await freePort();
+  const child = spawn(process.execPath, [join(__dirname, '..', '..', 'dist', 'src', 'cli', 'keylessd.js'), '--state-dir', stateDir, '--port', String(port), '--metrics-port', String(await freePort())], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  const waitFor = (text: string) =>
+    new Promise<void>((resolve, reject) => {
+      const check = () => out.includes(text) && resolve();
+      child.stdout!.on('data', (c: Buffer) => ((out += c.toString()), check()));
+      child.stderr!.on('data', (c: Buffer) => ((out += c.toString()), check()));
+      child.once('exit', (code) => reject(new Error(`keylessd exited ${code}: ${out}`)));
+      check();
+    });
+  await waitFor('Sign with a demo key');
+  const added = p256();
+  writeFileSync(join(stateDir, 'keys', 'added-by-operator.pem'), added.export({ format: 'pem', type: 'pkcs8' }));
+  child.kill('SIGHUP');
+  await waitFor('reloaded: serving 4 keys');
+  const pki = (name: string) => readFileSync(join(stateDir, 'pki', name));
+  const session = await KeylessSession.connect({ url: `wss://127.0.0.1:${port}/v1`, ca: pki('ca.crt'), cert: pki('client.crt'), key: pki('client.key') });
+  const signature = await session.sign({ name: 'added-by-operator' }, 'ECDSA_SHA256', { message: Buffer.from('hup') });
+  expect(verify('sha256', Buffer.from('hup'), createPublicKey(added), signature)).toBe(true);
+  const closed = new Promise<number>((resolve) => session.once('close', resolve));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  expect(await closed).toBe(1001);
+  expect(await exited).toBe(0);
+});

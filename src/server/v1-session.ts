@@ -1,22 +1,13 @@
 import type { WebSocket } from 'ws';
-import { SCHEME_OF } from '../crypto/algorithms';
-import { BadRequestError, toKeylessError } from '../errors';
+import { toKeylessError } from '../errors';
 import type { keyless } from '../gen/keyless';
 import type { Logger } from '../log';
 import type { Metrics } from '../metrics/metrics';
-import {
-  decodeRequest,
-  decryptPaddingFromMessage,
-  encodeResponse,
-  errorResponse,
-  keyRefFromMessage,
-  signatureAlgorithmFromMessage,
-  type RequestMessage,
-} from '../protocol/v1';
-import { ipFromBytes } from '../util/ip';
+import { decodeRequest, encodeResponse, errorResponse, type RequestMessage } from '../protocol/v1';
+import { interpretRequest, requestContext } from '../protocol/v1-operation';
 import type { Dispatcher } from './dispatcher';
 import { keyInfoMessage } from './key-info';
-import type { RequestFacts, SessionInfo } from './session-info';
+import type { SessionInfo } from './session-info';
 
 /** WebSocket close codes (RFC 6455 §7.4.1). */
 export const CloseCode = { goingAway: 1001, protocolError: 1002, unsupportedData: 1003, tooBig: 1009 } as const;
@@ -65,30 +56,19 @@ export class V1Session {
   }
 
   private async answer(request: RequestMessage): Promise<Answer> {
-    const facts = requestFacts(request);
-    switch (request.op) {
+    const operation = interpretRequest(request);
+    const facts = requestContext(request);
+    switch (operation.kind) {
       case 'ping':
-        return { pong: { payload: request.ping!.payload } };
-      case 'sign': {
-        const sign = request.sign!;
-        const algorithm = signatureAlgorithmFromMessage(sign.algorithm);
-        const ref = keyRefFromMessage(sign.key);
-        const input = sign.input === 'digest' ? { digest: Buffer.from(sign.digest!) } : sign.input === 'message' ? { message: Buffer.from(sign.message!) } : undefined;
-        if (!input) throw new BadRequestError('sign needs `digest` or `message`');
-        return { signature: await this.dispatcher.sign(this.info, ref, algorithm, SCHEME_OF[algorithm], input, facts) };
-      }
-      case 'decrypt': {
-        const decrypt = request.decrypt!;
-        const padding = decryptPaddingFromMessage(decrypt.padding);
-        const ref = keyRefFromMessage(decrypt.key);
-        return { plaintext: await this.dispatcher.decrypt(this.info, ref, padding, Buffer.from(decrypt.ciphertext ?? []), facts) };
-      }
+        return { pong: { payload: operation.payload } };
+      case 'sign':
+        return { signature: await this.dispatcher.sign(this.info, operation.key, operation.algorithm, operation.scheme, operation.input, facts) };
+      case 'decrypt':
+        return { plaintext: await this.dispatcher.decrypt(this.info, operation.key, operation.padding, operation.ciphertext, facts) };
       case 'listKeys':
         return { keys: { keys: this.dispatcher.listKeys(this.info).map(keyInfoMessage) } };
       case 'getKey':
-        return { key: keyInfoMessage(this.dispatcher.getKey(this.info, keyRefFromMessage(request.getKey!.key))) };
-      default:
-        throw new BadRequestError('the request carries no operation');
+        return { key: keyInfoMessage(this.dispatcher.getKey(this.info, operation.key)) };
     }
   }
 
@@ -121,15 +101,4 @@ export class V1Session {
     this.logger.warn({ session: this.info.id, peer: this.info.peer, kind }, `closing session: ${reason}`);
     this.ws.close(code, reason);
   }
-}
-
-function requestFacts(request: RequestMessage): RequestFacts | undefined {
-  const context = request.context;
-  if (!context) return undefined;
-  return {
-    sni: context.sni || undefined,
-    clientIp: ipFromBytes(context.clientIp),
-    serverIp: ipFromBytes(context.serverIp),
-    requestId: context.requestId || undefined,
-  };
 }

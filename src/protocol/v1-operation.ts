@@ -1,0 +1,63 @@
+import { SCHEME_OF, type DecryptPadding, type SignatureAlgorithm, type SignScheme } from '../crypto/algorithms';
+import { BadRequestError } from '../errors';
+import type { KeyRef } from '../keys/registry';
+import { ipFromBytes } from '../util/ip';
+import { decryptPaddingFromMessage, keyRefFromMessage, signatureAlgorithmFromMessage, type RequestMessage } from './v1';
+
+/** What a decoded keyless.v1 Request asks for, validated: the only shape the server acts on. */
+export type V1Operation =
+  | { readonly kind: 'ping'; readonly payload: Uint8Array }
+  | {
+      readonly kind: 'sign';
+      readonly key: KeyRef;
+      readonly algorithm: SignatureAlgorithm;
+      readonly scheme: SignScheme;
+      readonly input: { readonly digest: Buffer } | { readonly message: Buffer };
+    }
+  | { readonly kind: 'decrypt'; readonly key: KeyRef; readonly padding: DecryptPadding; readonly ciphertext: Buffer }
+  | { readonly kind: 'listKeys' }
+  | { readonly kind: 'getKey'; readonly key: KeyRef };
+
+export interface V1RequestContext {
+  readonly sni?: string;
+  readonly clientIp?: string;
+  readonly serverIp?: string;
+  readonly requestId?: string;
+}
+
+/** Throws BadRequestError naming the problem; pure, so it can be fuzzed. */
+export function interpretRequest(request: RequestMessage): V1Operation {
+  switch (request.op) {
+    case 'ping':
+      return { kind: 'ping', payload: request.ping!.payload ?? new Uint8Array() };
+    case 'sign': {
+      const sign = request.sign!;
+      const algorithm = signatureAlgorithmFromMessage(sign.algorithm);
+      const key = keyRefFromMessage(sign.key);
+      if (sign.input === 'digest') return { kind: 'sign', key, algorithm, scheme: SCHEME_OF[algorithm], input: { digest: Buffer.from(sign.digest!) } };
+      if (sign.input === 'message') return { kind: 'sign', key, algorithm, scheme: SCHEME_OF[algorithm], input: { message: Buffer.from(sign.message!) } };
+      throw new BadRequestError('sign needs `digest` or `message`');
+    }
+    case 'decrypt': {
+      const decrypt = request.decrypt!;
+      return { kind: 'decrypt', key: keyRefFromMessage(decrypt.key), padding: decryptPaddingFromMessage(decrypt.padding), ciphertext: Buffer.from(decrypt.ciphertext ?? []) };
+    }
+    case 'listKeys':
+      return { kind: 'listKeys' };
+    case 'getKey':
+      return { kind: 'getKey', key: keyRefFromMessage(request.getKey!.key) };
+    default:
+      throw new BadRequestError('the request carries no operation');
+  }
+}
+
+export function requestContext(request: RequestMessage): V1RequestContext | undefined {
+  const context = request.context;
+  if (!context) return undefined;
+  return {
+    sni: context.sni || undefined,
+    clientIp: ipFromBytes(context.clientIp),
+    serverIp: ipFromBytes(context.serverIp),
+    requestId: context.requestId || undefined,
+  };
+}

@@ -109,7 +109,6 @@ async function main(): Promise<void> {
   const config = load();
   const logger = createLogger(config.log.level);
   const { daemon, addresses } = await Daemon.start(config, logger);
-  if (embedded) printEmbeddedHint(embedded, addresses.v1.port);
 
   let stopping = false;
   const stop = (signal: string) => {
@@ -134,6 +133,8 @@ async function main(): Promise<void> {
   });
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  // Announced only once the signal handlers are in place: a supervisor may act on it at once.
+  if (embedded) printEmbeddedHint(embedded, addresses.v1.port);
 }
 
 function printEmbeddedHint(dir: string, port: number): void {

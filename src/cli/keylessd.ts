@@ -108,8 +108,8 @@ async function main(): Promise<void> {
   }
   const config = load();
   const logger = createLogger(config.log.level);
-  const { daemon, addresses } = await Daemon.start(config, logger);
-
+  // Handlers go in before the listeners open: a signal in between must not kill the process.
+  let daemon: Daemon | undefined;
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) {
@@ -118,6 +118,7 @@ async function main(): Promise<void> {
     }
     stopping = true;
     logger.info({ signal }, 'draining: no new sessions, finishing requests in flight');
+    if (!daemon) process.exit(0);
     daemon.shutdown(Number(values['shutdown-deadline-ms'])).then(
       () => process.exit(0),
       (err) => {
@@ -127,14 +128,15 @@ async function main(): Promise<void> {
     );
   };
   process.on('SIGHUP', () => {
-    if (stopping) return;
+    if (stopping || !daemon) return logger.warn('SIGHUP ignored: not serving yet or shutting down');
     logger.info('SIGHUP: reloading configuration');
     void daemon.reload(load);
   });
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
-  // Announced only once the signal handlers are in place: a supervisor may act on it at once.
-  if (embedded) printEmbeddedHint(embedded, addresses.v1.port);
+  const started = await Daemon.start(config, logger);
+  daemon = started.daemon;
+  if (embedded) printEmbeddedHint(embedded, started.addresses.v1.port);
 }
 
 function printEmbeddedHint(dir: string, port: number): void {

@@ -29,6 +29,8 @@ export interface SubjectOptions {
   readonly ipAddresses?: readonly string[];
   readonly uris?: readonly string[];
   readonly days: number;
+  /** Start of validity; default an hour ago. */
+  readonly notBefore?: Date;
 }
 
 /** RFC 4514 string; commas and other specials in a value are escaped. */
@@ -46,10 +48,10 @@ function serialNumber(): string {
   return bytes.toString('hex');
 }
 
-function validity(days: number): { notBefore: Date; notAfter: Date } {
+function validity(options: SubjectOptions): { notBefore: Date; notAfter: Date } {
   // Backdated an hour so a client whose clock runs slightly behind still accepts a fresh certificate.
-  const notBefore = new Date(Date.now() - 3_600_000);
-  return { notBefore, notAfter: new Date(notBefore.getTime() + days * DAY_MS) };
+  const notBefore = options.notBefore ?? new Date(Date.now() - 3_600_000);
+  return { notBefore, notAfter: new Date(notBefore.getTime() + options.days * DAY_MS) };
 }
 
 async function exportKeyPem(key: CryptoKey): Promise<string> {
@@ -66,7 +68,7 @@ export async function createCa(options: SubjectOptions): Promise<CertificateAndK
   const certificate = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: serialNumber(),
     name: distinguishedName(options),
-    ...validity(options.days),
+    ...validity(options),
     keys: keys as never,
     signingAlgorithm: ALGORITHM,
     extensions: [
@@ -102,7 +104,7 @@ export async function issueCertificate(
     serialNumber: serialNumber(),
     subject: distinguishedName(options),
     issuer: issuer.certificate.subject,
-    ...validity(options.days),
+    ...validity(options),
     publicKey: keys.publicKey as never,
     signingKey: issuer.privateKey as never,
     signingAlgorithm: ALGORITHM,

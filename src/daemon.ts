@@ -22,12 +22,14 @@ interface KeySet {
   readonly registry: KeyRegistry;
 }
 
-async function openKeys(config: Config, logger: Logger, metrics: Metrics): Promise<KeySet> {
+export type BackendFactory = typeof createBackend;
+
+async function openKeys(config: Config, logger: Logger, metrics: Metrics, makeBackend: BackendFactory): Promise<KeySet> {
   const backends: Backend[] = [];
   const handles: KeyHandle[] = [];
   try {
     for (const entry of config.backends) {
-      const backend = createBackend(entry, logger);
+      const backend = makeBackend(entry, logger);
       backends.push(backend);
       const { keys } = await backend.open();
       handles.push(...keys);
@@ -61,10 +63,12 @@ export class Daemon {
   private constructor(
     private config: Config,
     private readonly logger: Logger,
+    private readonly makeBackend: BackendFactory,
   ) {}
 
-  static async start(config: Config, logger: Logger): Promise<{ daemon: Daemon; addresses: DaemonAddresses }> {
-    const daemon = new Daemon(config, logger);
+  /** `makeBackend` is for tests that inject faults into a real backend. */
+  static async start(config: Config, logger: Logger, makeBackend: BackendFactory = createBackend): Promise<{ daemon: Daemon; addresses: DaemonAddresses }> {
+    const daemon = new Daemon(config, logger, makeBackend);
     const addresses = await daemon.startServing();
     return { daemon, addresses };
   }
@@ -76,7 +80,8 @@ export class Daemon {
   private async startServing(): Promise<DaemonAddresses> {
     const { config, logger, metrics } = this;
     const tls = loadTlsMaterial(config.tls);
-    this.keys = await openKeys(config, logger, metrics);
+    this.keys = await openKeys(config, logger, metrics, this.makeBackend);
+    metrics.watchBackends(() => this.keys.backends);
     if (this.keys.registry.size === 0) logger.warn('no keys loaded: every sign request will answer KEY_NOT_FOUND');
     this.dispatcher = new Dispatcher(
       () => this.keys.registry,
@@ -136,7 +141,7 @@ export class Daemon {
     try {
       next = load();
       tls = loadTlsMaterial(next.tls);
-      keys = await openKeys(next, logger, metrics);
+      keys = await openKeys(next, logger, metrics, this.makeBackend);
     } catch (err) {
       metrics.reloadSuccess.set(0);
       metrics.reloadTime.set(Date.now() / 1000);
@@ -175,10 +180,7 @@ export class Daemon {
       { name: 'keys', problem: () => (this.keys.registry.size > 0 ? undefined : 'no keys loaded') },
       ...this.keys.backends.map((backend) => ({
         name: `backend:${backend.name}`,
-        problem: () => {
-          this.metrics.backendUp.set({ backend: backend.name }, backend.healthy() ? 1 : 0);
-          return backend.healthy() ? undefined : `backend ${backend.name} is down`;
-        },
+        problem: () => (backend.healthy() ? undefined : `backend ${backend.name} is down`),
       })),
     ];
   }

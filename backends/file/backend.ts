@@ -25,12 +25,14 @@ async function readPassphrase(path: string): Promise<string> {
 export class FileBackend implements Backend {
   readonly kind = 'file' as const;
   readonly name: string;
+  readonly timeoutMs: number;
 
   constructor(
     private readonly config: FileBackendConfig,
     private readonly logger: Logger,
   ) {
     this.name = config.name;
+    this.timeoutMs = config.timeout_ms;
   }
 
   async open(): Promise<{ keys: KeyHandle[]; skipped: SkippedKey[] }> {
@@ -40,7 +42,7 @@ export class FileBackend implements Backend {
       try {
         const passphrase = file.passphraseFile === undefined ? undefined : await readPassphrase(file.passphraseFile);
         const privateKey = parsePrivateKey(await readFile(file.path), passphrase);
-        keys.push(new FileKey(file.name, this, privateKey, this.config.timeout_ms));
+        keys.push(new FileKey(file.name, this, privateKey));
       } catch (err) {
         const reason = `${(err as Error).message}`;
         skipped.push({ source: file.path, reason });

@@ -4,7 +4,6 @@ import { describeScheme, keyTypeOf, type DecryptPadding, type SignScheme } from 
 import { describePublicKey, type PublicKeyInfo } from '../../src/crypto/keyid';
 import { CryptoFailureError, UnsupportedError } from '../../src/errors';
 import type { Backend, KeyHandle } from '../../src/keys/types';
-import { withTimeout } from '../../src/util/timeout';
 import { nativeAddon, NativeHash, NativeOp, type NativeKey } from './native';
 
 const HASH_NUMBER = {
@@ -27,7 +26,6 @@ export class FileKey implements KeyHandle {
     readonly name: string,
     readonly backend: Backend,
     privateKey: KeyObject,
-    private readonly timeoutMs: number,
   ) {
     this.publicKey = describePublicKey(createPublicKey(privateKey).export({ format: 'der', type: 'spki' }));
     this.native = nativeAddon().loadKey(privateKey.export({ format: 'der', type: 'pkcs8' }));
@@ -50,11 +48,10 @@ export class FileKey implements KeyHandle {
   }
 
   private run(op: number, hash: number, input: Buffer, what: string): Promise<Buffer> {
-    const work = nativeAddon()
+    return nativeAddon()
       .run(this.native, op, hash, input)
       .catch((err: Error) => {
         throw new CryptoFailureError(`${what} with key ${this.name} failed: ${err.message}`);
       });
-    return withTimeout(work, this.timeoutMs, `${what} with key ${this.name}`);
   }
 }

@@ -7,7 +7,7 @@ import type { PublicKeyInfo } from '../crypto/keyid';
  *
  * Errors are KeylessErrors (src/errors.ts): UnsupportedError when the key or its token
  * cannot do the scheme, CryptoFailureError when it tried and failed,
- * BackendUnavailableError when the backend is down, TimeoutError past the backend's deadline.
+ * BackendUnavailableError when the backend is down. Deadlines are the dispatcher's job.
  */
 export interface KeyHandle {
   /** Configured name, else derived by the backend (file name without extension, object label). */
@@ -29,6 +29,11 @@ export interface Backend {
   readonly kind: BackendKind;
   /** Configured instance name; used as a metrics label and in KeyInfo.backend. */
   readonly name: string;
+  /**
+   * Deadline the dispatcher gives each operation on this backend's keys; past it the
+   * request answers TIMEOUT while the backend call runs on (it cannot be cancelled).
+   */
+  readonly timeoutMs: number;
   /**
    * Loads (or reloads) the keys. Keys it cannot use are reported through `skipped`, each
    * with the file/object and the reason; a backend that cannot start at all throws a

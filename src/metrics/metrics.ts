@@ -70,11 +70,17 @@ export class Metrics {
     labelNames: ['backend'] as const,
     registers: [this.registry],
   });
+  private backends: () => ReadonlyArray<{ readonly name: string; healthy(): boolean }> = () => [];
   readonly backendUp = new Gauge({
     name: 'keyless_backend_up',
     help: '1 while a backend is healthy, 0 while it is down or reconnecting.',
     labelNames: ['backend'] as const,
     registers: [this.registry],
+    // Read at scrape time, so the gauge is never staler than the scrape.
+    collect: () => {
+      this.backendUp.reset();
+      for (const backend of this.backends()) this.backendUp.set({ backend: backend.name }, backend.healthy() ? 1 : 0);
+    },
   });
   readonly protocolErrors = new Counter({
     name: 'keyless_protocol_errors_total',
@@ -108,6 +114,11 @@ export class Metrics {
     help: 'When the configuration was last loaded or reloaded (Unix time).',
     registers: [this.registry],
   });
+
+  /** Where keyless_backend_up reads the current backends from (they change on reload). */
+  watchBackends(backends: () => ReadonlyArray<{ readonly name: string; healthy(): boolean }>): void {
+    this.backends = backends;
+  }
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: 20 });

@@ -10,7 +10,9 @@ import {
   toKeylessError,
 } from '../errors';
 import { describeKeyRef, type KeyRef, type KeyRegistry, type RegisteredKey } from '../keys/registry';
+import type { Backend } from '../keys/types';
 import type { Metrics } from '../metrics/metrics';
+import { withTimeout } from '../util/timeout';
 import type { RequestFacts, SessionInfo } from './session-info';
 
 export type SignInput = { readonly digest: Buffer } | { readonly message: Buffer };
@@ -27,6 +29,12 @@ export interface DispatcherLimits {
  */
 export class Dispatcher {
   private inflightTotal = 0;
+  /**
+   * Backend calls not yet settled, per backend. A request past its deadline is answered
+   * TIMEOUT but its call keeps running; counting calls until they settle keeps a hung
+   * backend from accumulating unbounded work behind answered requests.
+   */
+  private readonly outstanding = new Map<Backend, number>();
 
   constructor(
     private readonly registry: () => KeyRegistry,
@@ -97,9 +105,14 @@ export class Dispatcher {
     const started = process.hrtime.bigint();
     try {
       const key = this.lookup(ref, registry);
-      backend = key.handle.backend.name;
-      if (!key.handle.backend.healthy()) throw new BackendUnavailableError(`backend ${backend} is down; retry on another server`);
-      const result = await work(key);
+      const store = key.handle.backend;
+      backend = store.name;
+      if (!store.healthy()) throw new BackendUnavailableError(`backend ${backend} is down; retry on another server`);
+      const running = this.outstanding.get(store) ?? 0;
+      if (running >= limits.maxInflightTotal) throw new BackendUnavailableError(`backend ${backend} has ${running} calls that have not returned; retry on another server`);
+      this.outstanding.set(store, running + 1);
+      const call = work(key).finally(() => this.outstanding.set(store, this.outstanding.get(store)! - 1));
+      const result = await withTimeout(call, store.timeoutMs, `${operation} with key ${key.handle.name} on backend ${backend}`);
       this.metrics.requests.inc({ listener: session.listener, operation, algorithm, backend, result: 'ok' });
       this.metrics.backendDuration.observe({ backend, operation }, Number(process.hrtime.bigint() - started) / 1e9);
       return result;

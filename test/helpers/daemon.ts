@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { KeylessSession } from '../../src/client/session';
 import { validateConfig } from '../../src/config/load';
 import type { Config } from '../../src/config/schema';
-import { Daemon, type DaemonAddresses } from '../../src/daemon';
+import { Daemon, type BackendFactory, type DaemonAddresses } from '../../src/daemon';
 import { createLogger } from '../../src/log';
 import type { CertificateAndKey } from '../../src/pki/certificates';
 import { makeTestPki, type TestPki } from './pki';
@@ -48,9 +48,9 @@ function testConfig(extra: Record<string, unknown>, pki: TestPki): Config {
 }
 
 /** A real daemon on 127.0.0.1 with ephemeral ports, configured from `extra` on top of a test PKI. */
-export async function startDaemon(extra: Record<string, unknown>, pki?: TestPki): Promise<RunningDaemon> {
+export async function startDaemon(extra: Record<string, unknown>, pki?: TestPki, makeBackend?: BackendFactory): Promise<RunningDaemon> {
   const testPki = pki ?? (await makeTestPki());
-  const { daemon, addresses } = await Daemon.start(testConfig(extra, testPki), createLogger('silent'));
+  const { daemon, addresses } = await Daemon.start(testConfig(extra, testPki), createLogger('silent'), makeBackend);
   const url = `wss://127.0.0.1:${addresses.v1.port}/v1`;
   return {
     daemon,

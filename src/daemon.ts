@@ -2,12 +2,15 @@ import type { AddressInfo } from 'node:net';
 import { writeFileSync, rmSync } from 'node:fs';
 import type { Config } from './config/schema';
 import { createBackend } from './keys/backends';
+import { AuditLog } from './audit/log';
+import { ConfigError } from './errors';
 import { KeyRegistry } from './keys/registry';
+import { Policy } from './policy/policy';
 import type { Backend, KeyHandle } from './keys/types';
 import type { Logger } from './log';
 import { MetricsServer } from './metrics/http';
 import { Metrics } from './metrics/metrics';
-import { Dispatcher } from './server/dispatcher';
+import { Dispatcher, type ServingState } from './server/dispatcher';
 import { loadTlsMaterial, serverTlsOptions } from './server/tls';
 import { V1Listener } from './server/v1-listener';
 
@@ -16,10 +19,9 @@ export interface DaemonAddresses {
   readonly metrics?: AddressInfo;
 }
 
-/** Backends opened and their keys indexed: everything a config turns into before serving. */
-interface KeySet {
+/** Backends opened, keys indexed and policy compiled: everything a config turns into before serving. */
+interface KeySet extends ServingState {
   readonly backends: Backend[];
-  readonly registry: KeyRegistry;
 }
 
 export type BackendFactory = typeof createBackend;
@@ -38,13 +40,47 @@ async function openKeys(config: Config, logger: Logger, metrics: Metrics, makeBa
     await Promise.allSettled(backends.map((b) => b.close()));
     throw err;
   }
+  let policy: Policy;
+  try {
+    policy = new Policy({ default_policy: config.default_policy, groups: config.groups, keys: config.keys });
+  } catch (err) {
+    await Promise.allSettled(backends.map((b) => b.close()));
+    throw err;
+  }
   const registry = new KeyRegistry(handles, (name) => ({ decryptAllowed: config.keys[name]?.decrypt ?? false }));
   for (const skipped of registry.skipped) logger.warn({ key: skipped.source, reason: skipped.reason }, `not serving ${skipped.source}: ${skipped.reason}`);
   metrics.keysLoaded.reset();
   for (const backend of backends) {
     metrics.keysLoaded.set({ backend: backend.name }, registry.list().filter((k) => k.handle.backend === backend).length);
   }
-  return { backends, registry };
+  return {
+    backends,
+    registry,
+    policy,
+    maxInflightPerSession: config.limits.max_inflight_per_session,
+    maxInflightTotal: config.limits.max_inflight_total,
+  };
+}
+
+async function openAudit(config: Config, logger: Logger, metrics: Metrics): Promise<AuditLog> {
+  const path = config.audit.path!;
+  try {
+    return await AuditLog.open({
+      path,
+      maxBytes: config.audit.max_bytes,
+      flushIntervalMs: config.audit.flush_interval_ms,
+      onWritten: (records) => metrics.auditRecords.inc(records),
+      onWriteError: (err) => {
+        metrics.auditWriteFailures.inc();
+        logger.error({ path, error: err.message }, `cannot write the audit log ${path}: ${err.message}`);
+      },
+      onStateChange: (writable) => {
+        if (writable) logger.warn({ path }, `the audit log ${path} is writable again`);
+      },
+    });
+  } catch (err) {
+    throw new ConfigError('audit.path', `cannot open the audit log ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
 }
 
 /**
@@ -59,6 +95,7 @@ export class Daemon {
   private metricsServer?: MetricsServer;
 
   private reloading?: Promise<boolean>;
+  private audit?: AuditLog;
 
   private constructor(
     private config: Config,
@@ -83,11 +120,10 @@ export class Daemon {
     this.keys = await openKeys(config, logger, metrics, this.makeBackend);
     metrics.watchBackends(() => this.keys.backends);
     if (this.keys.registry.size === 0) logger.warn('no keys loaded: every sign request will answer KEY_NOT_FOUND');
-    this.dispatcher = new Dispatcher(
-      () => this.keys.registry,
-      () => ({ maxInflightPerSession: this.config.limits.max_inflight_per_session, maxInflightTotal: this.config.limits.max_inflight_total }),
-      metrics,
-    );
+    if (config.audit.enabled) {
+      this.audit = await openAudit(config, logger, metrics);
+    }
+    this.dispatcher = new Dispatcher(() => this.keys, metrics, logger, this.audit && { log: this.audit, refuseUnlogged: config.audit.on_failure === 'refuse' });
     this.v1 = new V1Listener(
       {
         host: config.listen.host,
@@ -149,10 +185,13 @@ export class Daemon {
       return false;
     }
     const previous = this.keys;
+    if (next.audit.path !== this.config.audit.path || next.audit.enabled !== this.config.audit.enabled) {
+      logger.warn('audit.* changed: the audit log keeps its file until a restart');
+    }
     if (next.listen.host !== this.config.listen.host || next.listen.port !== this.config.listen.port || next.listen.path !== this.config.listen.path) {
       logger.warn('listen.* changed: the listener keeps its address until a restart');
     }
-    this.config = { ...next, listen: this.config.listen, metrics: this.config.metrics };
+    this.config = { ...next, listen: this.config.listen, metrics: this.config.metrics, audit: this.config.audit };
     this.keys = keys;
     this.v1.updateTls(serverTlsOptions(tls, next.tls.min_version, next.tls.handshake_timeout_ms));
     this.recordCertificates(tls.serverNotAfter, tls.clientCaNotAfter);
@@ -178,6 +217,7 @@ export class Daemon {
   private readinessChecks() {
     return [
       { name: 'keys', problem: () => (this.keys.registry.size > 0 ? undefined : 'no keys loaded') },
+      { name: 'audit', problem: () => (this.dispatcher.auditWritable() ? undefined : `the audit log ${this.config.audit.path} cannot be written`) },
       ...this.keys.backends.map((backend) => ({
         name: `backend:${backend.name}`,
         problem: () => (backend.healthy() ? undefined : `backend ${backend.name} is down`),
@@ -193,6 +233,7 @@ export class Daemon {
     if (this.dispatcher.inflight > 0) this.logger.warn({ inflight: this.dispatcher.inflight }, 'shutdown deadline reached with requests still in flight');
     this.v1.closeSessions();
     await stopped;
+    await this.audit?.close();
     await this.metricsServer?.stop();
     await Promise.allSettled(this.keys.backends.map((b) => b.close()));
     if (this.config.pid_file) rmSync(this.config.pid_file, { force: true });

@@ -60,5 +60,6 @@ export function devConfig(dir: string): Record<string, unknown> {
     metrics: { host: '127.0.0.1', port: 2406 },
     backends: [{ type: 'file', name: 'demo', dir: join(dir, 'keys') }],
     keys: { 'demo-rsa2048': { decrypt: true } },
+    audit: { path: join(dir, 'audit.log') },
   };
 }

@@ -11,6 +11,7 @@ const COMMANDS: Readonly<Record<string, commands.Command>> = {
   sign: commands.sign,
   decrypt: commands.decrypt,
   pki: commands.pki,
+  audit: commands.audit,
 };
 
 function usage(): string {

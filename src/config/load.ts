@@ -5,6 +5,9 @@ import { ConfigError } from '../errors';
 import { formatConfigIssues } from './format';
 import { configSchema, type Config } from './schema';
 
+/** Where the audit log goes when a config file does not say. */
+export const DEFAULT_AUDIT_PATH = '/var/lib/keylessd/audit.log';
+
 /** A setting given outside the file (environment or command line), applied before validation. */
 export interface Override {
   readonly path: readonly string[];
@@ -92,6 +95,7 @@ function resolvePaths(config: Config, baseDir: string): Config {
     ...config,
     tls: { ...config.tls, cert: at(config.tls.cert), key: at(config.tls.key), client_ca: at(config.tls.client_ca), crl: maybe(config.tls.crl) },
     pid_file: maybe(config.pid_file),
+    audit: { ...config.audit, path: at(config.audit.path ?? DEFAULT_AUDIT_PATH) },
     backends: config.backends.map((backend) => {
       switch (backend.type) {
         case 'file':

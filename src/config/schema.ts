@@ -1,6 +1,8 @@
 import { z } from 'zod';
 import { fileBackendSchema } from '../../backends/file/schema';
+import { auditSchema } from '../audit/schema';
 import { LOG_LEVELS } from '../log';
+import { defaultPolicySchema, groupSchema, keyPolicySchema } from '../policy/schema';
 
 const port = (what: string, fallback: number) =>
   z
@@ -63,6 +65,7 @@ export const metricsSchema = z
 export const keyOptionsSchema = z
   .object({
     decrypt: z.boolean().default(false).describe('Allow RSA decryption (TLS 1.2 RSA key exchange) with this key.'),
+    policy: keyPolicySchema.optional().describe('Who may use this key. Without one, default_policy decides.'),
   })
   .strict();
 
@@ -81,6 +84,9 @@ export const configSchema = z
     pid_file: z.string().min(1).optional().describe('File the daemon writes its process id to.'),
     backends: z.array(backendSchema).min(1, { error: 'expected at least one backend' }).describe('Key stores to serve keys from.'),
     keys: z.record(z.string(), keyOptionsSchema).default({}).describe('Per-key settings, by key name.'),
+    groups: z.record(z.string(), groupSchema).default({}).describe('Client groups (regions are groups), by name, for key policies.'),
+    default_policy: defaultPolicySchema,
+    audit: auditSchema.prefault({}),
   })
   .strict();
 

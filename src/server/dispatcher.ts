@@ -1,5 +1,6 @@
-import { digestLength, describeScheme, keyTypeOf, type DecryptPadding, type SignScheme } from '../crypto/algorithms';
+import { digestLength, describeScheme, keyTypeOf, type DecryptPadding, type SignatureAlgorithm, type SignScheme } from '../crypto/algorithms';
 import { hashMessage } from '../crypto/hashes';
+import type { AuditLog, AuditRecord } from '../audit/log';
 import {
   BackendUnavailableError,
   BadRequestError,
@@ -8,24 +9,37 @@ import {
   OverloadedError,
   UnsupportedError,
   toKeylessError,
+  type KeylessError,
 } from '../errors';
 import { describeKeyRef, type KeyRef, type KeyRegistry, type RegisteredKey } from '../keys/registry';
 import type { Backend } from '../keys/types';
+import type { Logger } from '../log';
 import type { Metrics } from '../metrics/metrics';
+import type { Membership, Operation, Policy } from '../policy/policy';
 import { withTimeout } from '../util/timeout';
 import type { RequestFacts, SessionInfo } from './session-info';
 
 export type SignInput = { readonly digest: Buffer } | { readonly message: Buffer };
 
-export interface DispatcherLimits {
+/** What the dispatcher serves with; a reload swaps the whole of it at once. */
+export interface ServingState {
+  readonly registry: KeyRegistry;
+  readonly policy: Policy;
   readonly maxInflightPerSession: number;
   readonly maxInflightTotal: number;
 }
 
+export interface AuditSink {
+  readonly log: AuditLog;
+  /** true: an operation is answered only once its record is written, and refused while the log is unwritable. */
+  readonly refuseUnlogged: boolean;
+}
+
 /**
  * The one place every private-key operation goes through, whichever listener decoded it:
- * in-flight limits, key lookup, input checks, then the backend. Listeners only translate
- * wire formats to these calls and KeylessErrors back to wire errors.
+ * in-flight limits, key lookup, access policy, input checks, the backend with its
+ * deadline, and the audit record. Listeners only translate wire formats to these calls
+ * and KeylessErrors back to wire errors.
  */
 export class Dispatcher {
   private inflightTotal = 0;
@@ -37,25 +51,26 @@ export class Dispatcher {
   private readonly outstanding = new Map<Backend, number>();
 
   constructor(
-    private readonly registry: () => KeyRegistry,
-    private readonly limits: () => DispatcherLimits,
+    private readonly state: () => ServingState,
     private readonly metrics: Metrics,
+    private readonly logger: Logger,
+    private readonly audit?: AuditSink,
   ) {}
 
   get inflight(): number {
     return this.inflightTotal;
   }
 
-  async sign(session: SessionInfo, ref: KeyRef, algorithm: string, scheme: SignScheme, input: SignInput, _facts?: RequestFacts): Promise<Buffer> {
-    return this.track(session, 'sign', algorithm, ref, async (key) => {
+  sign(session: SessionInfo, ref: KeyRef, algorithm: SignatureAlgorithm, scheme: SignScheme, input: SignInput, facts?: RequestFacts): Promise<Buffer> {
+    return this.track(session, 'sign', algorithm, ref, facts, async (key) => {
       const type = key.handle.publicKey.type;
       if (keyTypeOf(scheme) !== type) throw new UnsupportedError(`key ${key.handle.name} is ${type}; it cannot sign ${describeScheme(scheme)}`);
       return key.handle.sign(scheme, signingInput(scheme, input));
     });
   }
 
-  async decrypt(session: SessionInfo, ref: KeyRef, padding: DecryptPadding, ciphertext: Buffer, _facts?: RequestFacts): Promise<Buffer> {
-    return this.track(session, 'decrypt', padding, ref, async (key) => {
+  decrypt(session: SessionInfo, ref: KeyRef, padding: DecryptPadding, ciphertext: Buffer, facts?: RequestFacts): Promise<Buffer> {
+    return this.track(session, 'decrypt', padding, ref, facts, async (key) => {
       if (key.handle.publicKey.type !== 'rsa') throw new UnsupportedError(`key ${key.handle.name} is ${key.handle.publicKey.type}; only RSA keys decrypt`);
       if (!key.decryptAllowed) throw new ForbiddenError(`decryption is not enabled for key ${key.handle.name}`);
       const modulusBytes = Math.ceil(key.handle.publicKey.bits / 8);
@@ -66,66 +81,135 @@ export class Dispatcher {
     });
   }
 
-  listKeys(_session: SessionInfo): RegisteredKey[] {
-    return this.registry().list();
+  /** The keys this session may use. */
+  listKeys(session: SessionInfo): RegisteredKey[] {
+    const { registry, policy } = this.state();
+    const member = this.membership(session, policy);
+    return registry.list().filter((key) => policy.visible(member, key.handle.name));
   }
 
-  getKey(_session: SessionInfo, ref: KeyRef): RegisteredKey {
-    return this.lookup(ref);
-  }
-
-  private lookup(ref: KeyRef, registry = this.registry()): RegisteredKey {
+  /** A key the session may not use is reported as not found, so it learns nothing. */
+  getKey(session: SessionInfo, ref: KeyRef): RegisteredKey {
+    const { registry, policy } = this.state();
     const key = registry.find(ref);
-    if (!key) throw new KeyNotFoundError(`no key with ${describeKeyRef(ref)}`);
+    if (!key || !policy.visible(this.membership(session, policy), key.handle.name)) throw new KeyNotFoundError(`no key with ${describeKeyRef(ref)}`);
     return key;
+  }
+
+  /** Whether the audit log is writable (a readiness check). */
+  auditWritable(): boolean {
+    return this.audit === undefined || this.audit.log.writable();
+  }
+
+  private membership(session: SessionInfo, policy: Policy): Membership {
+    if (session.membership?.policy !== policy) session.membership = { policy, groups: policy.membership(session.identity) };
+    return session.membership.groups;
   }
 
   private async track(
     session: SessionInfo,
-    operation: 'sign' | 'decrypt',
+    operation: Operation,
     algorithm: string,
     ref: KeyRef,
+    facts: RequestFacts | undefined,
     work: (key: RegisteredKey) => Promise<Buffer>,
   ): Promise<Buffer> {
-    const limits = this.limits();
-    let backend = 'none';
-    if (session.inflight >= limits.maxInflightPerSession || this.inflightTotal >= limits.maxInflightTotal) {
-      this.metrics.requests.inc({ listener: session.listener, operation, algorithm, backend, result: 'OVERLOADED' });
+    const state = this.state();
+    if (session.inflight >= state.maxInflightPerSession || this.inflightTotal >= state.maxInflightTotal) {
+      this.metrics.requests.inc({ listener: session.listener, operation, algorithm, backend: 'none', result: 'OVERLOADED' });
       throw new OverloadedError(
-        session.inflight >= limits.maxInflightPerSession
-          ? `this session already has ${session.inflight} requests in flight (limit ${limits.maxInflightPerSession})`
-          : `the server has ${this.inflightTotal} requests in flight (limit ${limits.maxInflightTotal})`,
+        session.inflight >= state.maxInflightPerSession
+          ? `this session already has ${session.inflight} requests in flight (limit ${state.maxInflightPerSession})`
+          : `the server has ${this.inflightTotal} requests in flight (limit ${state.maxInflightTotal})`,
       );
     }
-    const registry = this.registry();
+    const { registry } = state;
     session.inflight += 1;
     this.inflightTotal += 1;
     registry.inflight += 1;
     this.metrics.inflight.inc({ listener: session.listener });
-    const started = process.hrtime.bigint();
+    const started = Date.now();
+    const startedNs = process.hrtime.bigint();
+    let key: RegisteredKey | undefined;
+    let outcome: { result: Buffer } | { failure: KeylessError };
     try {
-      const key = this.lookup(ref, registry);
-      const store = key.handle.backend;
-      backend = store.name;
-      if (!store.healthy()) throw new BackendUnavailableError(`backend ${backend} is down; retry on another server`);
-      const running = this.outstanding.get(store) ?? 0;
-      if (running >= limits.maxInflightTotal) throw new BackendUnavailableError(`backend ${backend} has ${running} calls that have not returned; retry on another server`);
-      this.outstanding.set(store, running + 1);
-      const call = work(key).finally(() => this.outstanding.set(store, this.outstanding.get(store)! - 1));
-      const result = await withTimeout(call, store.timeoutMs, `${operation} with key ${key.handle.name} on backend ${backend}`);
-      this.metrics.requests.inc({ listener: session.listener, operation, algorithm, backend, result: 'ok' });
-      this.metrics.backendDuration.observe({ backend, operation }, Number(process.hrtime.bigint() - started) / 1e9);
-      return result;
+      key = registry.find(ref);
+      if (!key) throw new KeyNotFoundError(`no key with ${describeKeyRef(ref)}`);
+      this.authorize(session, state.policy, key, operation, algorithm, facts);
+      if (this.audit?.refuseUnlogged && !this.audit.log.writable()) throw new BackendUnavailableError('the audit log cannot be written; refusing key operations until it can');
+      outcome = { result: await this.call(key, operation, work) };
     } catch (err) {
-      const failure = toKeylessError(err);
-      this.metrics.requests.inc({ listener: session.listener, operation, algorithm, backend, result: failure.code });
-      throw failure;
+      outcome = { failure: toKeylessError(err) };
+      if (outcome.failure.code === 'INTERNAL') this.logger.error({ err, session: session.id }, 'request failed with an internal error');
     } finally {
       session.inflight -= 1;
       this.inflightTotal -= 1;
       registry.inflight -= 1;
       this.metrics.inflight.dec({ listener: session.listener });
     }
+    const backend = key?.handle.backend.name ?? 'none';
+    const result = 'result' in outcome ? 'ok' : outcome.failure.code;
+    this.metrics.requests.inc({ listener: session.listener, operation, algorithm, backend, result });
+    this.metrics.requestDuration.observe({ listener: session.listener, operation }, Number(process.hrtime.bigint() - startedNs) / 1e9);
+    const record = this.auditRecord(session, operation, algorithm, ref, key, result, started, facts);
+    if (this.audit) {
+      const written = this.audit.log.append(record);
+      if (this.audit.refuseUnlogged) await written;
+      else written.catch(() => {});
+    }
+    if ('failure' in outcome) throw outcome.failure;
+    return outcome.result;
+  }
+
+  private authorize(session: SessionInfo, policy: Policy, key: RegisteredKey, operation: Operation, algorithm: string, facts: RequestFacts | undefined): void {
+    const decision = policy.check(this.membership(session, policy), key.handle.name, operation, operation === 'sign' ? (algorithm as SignatureAlgorithm) : undefined, facts?.complianceRegion);
+    if (decision.allowed) return;
+    this.metrics.policyDenials.inc({ key: key.handle.name });
+    this.logger.warn(
+      { session: session.id, peer: session.peer, subject: session.identity.subject, fingerprint: session.identity.fingerprint, key: key.handle.name, operation, reason: decision.reason },
+      `denied ${operation} with key ${key.handle.name} to ${session.identity.subject.replace(/\n/g, ', ')}: ${decision.reason}`,
+    );
+    throw new ForbiddenError(`${operation} with key ${key.handle.name} is not allowed for this client`);
+  }
+
+  /** Not async on purpose: a down or saturated backend refuses in the same tick, before the request counts as in flight. */
+  private call(key: RegisteredKey, operation: Operation, work: (key: RegisteredKey) => Promise<Buffer>): Promise<Buffer> {
+    const store = key.handle.backend;
+    if (!store.healthy()) throw new BackendUnavailableError(`backend ${store.name} is down; retry on another server`);
+    const running = this.outstanding.get(store) ?? 0;
+    if (running >= this.state().maxInflightTotal) throw new BackendUnavailableError(`backend ${store.name} has ${running} calls that have not returned; retry on another server`);
+    this.outstanding.set(store, running + 1);
+    const started = process.hrtime.bigint();
+    const call = work(key).finally(() => {
+      this.outstanding.set(store, this.outstanding.get(store)! - 1);
+      this.metrics.backendDuration.observe({ backend: store.name, operation }, Number(process.hrtime.bigint() - started) / 1e9);
+    });
+    return withTimeout(call, store.timeoutMs, `${operation} with key ${key.handle.name} on backend ${store.name}`);
+  }
+
+  private auditRecord(
+    session: SessionInfo,
+    operation: Operation,
+    algorithm: string,
+    ref: KeyRef,
+    key: RegisteredKey | undefined,
+    result: string,
+    started: number,
+    facts: RequestFacts | undefined,
+  ): AuditRecord {
+    return {
+      time: new Date(started).toISOString(),
+      session: session.id,
+      client: { subject: session.identity.subject, fingerprint: session.identity.fingerprint },
+      peer: session.peer,
+      listener: session.listener,
+      operation,
+      algorithm,
+      key: key ? { name: key.handle.name, ski: key.handle.publicKey.ski.toString('hex') } : { name: describeKeyRef(ref) },
+      result,
+      duration_ms: Date.now() - started,
+      ...(facts && Object.keys(facts).length > 0 ? { context: facts as Record<string, string | number> } : {}),
+    };
   }
 }
 

@@ -1,4 +1,5 @@
-import type { X509Certificate } from 'node:crypto';
+import type { ClientIdentity } from '../policy/identity';
+import type { Membership, Policy } from '../policy/policy';
 
 export type ListenerName = 'keyless.v1' | 'cloudflare';
 
@@ -8,9 +9,11 @@ export interface SessionInfo {
   readonly listener: ListenerName;
   /** `address:port` of the edge. */
   readonly peer: string;
-  readonly certificate: X509Certificate;
+  readonly identity: ClientIdentity;
   /** Requests this session has in flight; owned by the dispatcher. */
   inflight: number;
+  /** The session's groups under the policy in force; recomputed when a reload brings a new policy. */
+  membership?: { readonly policy: Policy; readonly groups: Membership };
 }
 
 /** Optional facts about the end user's TLS connection, recorded in the audit log and usable by policy. */

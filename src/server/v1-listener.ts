@@ -5,6 +5,7 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import type { Logger } from '../log';
 import type { Metrics } from '../metrics/metrics';
 import type { Dispatcher } from './dispatcher';
+import { identityFromCertificate } from '../policy/identity';
 import { nextSessionId, type SessionInfo } from './session-info';
 import { handshakeFailureReason } from './tls';
 import { CloseCode, V1Session } from './v1-session';
@@ -33,6 +34,7 @@ export class V1Listener {
   private readonly sessions = new Map<WebSocket, V1Session>();
   private readonly alive = new WeakSet<WebSocket>();
   private heartbeat?: NodeJS.Timeout;
+  private draining = false;
 
   constructor(
     private readonly options: V1ListenerOptions,
@@ -87,9 +89,14 @@ export class V1Listener {
     this.server.setSecureContext(tls);
   }
 
-  /** Stops accepting; sessions stay open until closeSessions(). */
+  /**
+   * Stops accepting connections and stops reading requests on open sessions, so the
+   * requests already in flight can finish and be answered; closeSessions() ends them.
+   */
   stopAccepting(): Promise<void> {
+    this.draining = true;
     clearInterval(this.heartbeat);
+    for (const session of this.sessions.values()) session.stopReading();
     return new Promise((resolve) => this.server.close(() => resolve()));
   }
 
@@ -99,6 +106,11 @@ export class V1Listener {
   }
 
   private openSession(ws: WebSocket, socket: TLSSocket): void {
+    if (this.draining) {
+      this.metrics.connectionsRefused.inc({ listener: LISTENER, reason: 'shutting_down' });
+      ws.close(CloseCode.goingAway, 'server shutting down');
+      return;
+    }
     const certificate = socket.getPeerX509Certificate();
     if (!certificate) {
       ws.close(CloseCode.protocolError, 'no client certificate');
@@ -108,7 +120,7 @@ export class V1Listener {
       id: nextSessionId(),
       listener: LISTENER,
       peer: `${socket.remoteAddress}:${socket.remotePort}`,
-      certificate,
+      identity: identityFromCertificate(certificate),
       inflight: 0,
     };
     const session = new V1Session(ws, info, this.dispatcher, this.metrics, this.logger, this.options.maxSendBufferBytes);

@@ -22,6 +22,7 @@ type Answer = Omit<keyless.v1.Response.$Properties, 'id'>;
 export class V1Session {
   private paused = false;
   private corked = false;
+  private stopped = false;
   private readonly socket: NodeJS.WritableStream & NodeJS.EventEmitter & { cork(): void; uncork(): void };
 
   constructor(
@@ -91,9 +92,15 @@ export class V1Session {
       this.ws.pause();
       this.socket.once('drain', () => {
         this.paused = false;
-        this.ws.resume();
+        if (!this.stopped) this.ws.resume();
       });
     }
+  }
+
+  /** Shutdown: no more requests are read; those in flight are still answered. */
+  stopReading(): void {
+    this.stopped = true;
+    this.ws.pause();
   }
 
   private closeForProtocolError(kind: string, code: number, reason: string): void {

@@ -42,6 +42,7 @@ function testConfig(extra: Record<string, unknown>, pki: TestPki): Config {
     metrics: { host: '127.0.0.1', port: 1 },
     ...extra,
     tls: { cert: pki.files.serverCert, key: pki.files.serverKey, client_ca: pki.files.caCert, ...(extra.tls as object | undefined) },
+    audit: { path: join(pki.dir, 'audit.log'), ...(extra.audit as object | undefined) },
   });
   // Port 0 is not a valid config value for operators; tests need ephemeral ports.
   return { ...config, listen: { ...config.listen, port: 0 }, metrics: { ...config.metrics, port: 0 } };

@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { appendFileSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AuditLog, type AuditRecord } from '../../src/audit/log';
+import { AuditLog, serializeAuditRecord, type AuditRecord } from '../../src/audit/log';
 import { verifyAuditFiles } from '../../src/audit/verify';
 
 const record = (i: number): AuditRecord => ({
@@ -21,7 +21,7 @@ const record = (i: number): AuditRecord => ({
 async function writeLog(dir: string, count: number, maxBytes = 1 << 20): Promise<string[]> {
   const path = join(dir, 'audit.log');
   const log = await AuditLog.open({ path, maxBytes, flushIntervalMs: 1000 });
-  await Promise.all(Array.from({ length: count }, (_, i) => log.append(record(i))));
+  await Promise.all(Array.from({ length: count }, (_, i) => log.append(serializeAuditRecord(record(i)))));
   await log.close();
   const rotated = readdirSync(dir).filter((f) => f.startsWith('audit.log.')).sort().map((f) => join(dir, f));
   return [...rotated, path];
@@ -81,7 +81,7 @@ test('appends are batched: many records share one write', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'keylessd-audit-'));
   const batches: number[] = [];
   const log = await AuditLog.open({ path: join(dir, 'audit.log'), maxBytes: 1 << 20, flushIntervalMs: 1000, onWritten: (n) => batches.push(n) });
-  await Promise.all(Array.from({ length: 1000 }, (_, i) => log.append(record(i))));
+  await Promise.all(Array.from({ length: 1000 }, (_, i) => log.append(serializeAuditRecord(record(i)))));
   await log.close();
   expect(batches.reduce((a, b) => a + b, 0)).toBe(1000);
   expect(batches.length).toBeLessThan(10);
@@ -126,7 +126,7 @@ async function fillTheDisk(disk: string): Promise<void> {
   const states: boolean[] = [];
   const path = join(disk, 'audit.log');
   const log = await AuditLog.open({ path, maxBytes: 1 << 20, flushIntervalMs: 1000, onStateChange: (writable) => states.push(writable) });
-  await log.append(record(0));
+  await log.append(serializeAuditRecord(record(0)));
   for (const chunk of [4096, 1]) {
     try {
       for (;;) appendFileSync(join(disk, 'filler'), Buffer.alloc(chunk));
@@ -138,14 +138,14 @@ async function fillTheDisk(disk: string): Promise<void> {
   let appended = 1;
   let refused: unknown;
   while (refused === undefined && appended < 1000) {
-    refused = await log.append(record(appended)).then(() => undefined, (err: unknown) => err);
+    refused = await log.append(serializeAuditRecord(record(appended))).then(() => undefined, (err: unknown) => err);
     appended++;
   }
   expect(refused).toMatchObject({ code: 'BACKEND_UNAVAILABLE' });
   expect(log.writable()).toBe(false);
   rmSync(join(disk, 'filler'));
   while (!log.writable()) await new Promise((r) => setTimeout(r, 50));
-  await log.append(record(appended));
+  await log.append(serializeAuditRecord(record(appended)));
   await log.close();
   expect(states).toEqual([false, true]);
   // The record that could not be acknowledged was still written, in order, once space returned.

@@ -105,6 +105,8 @@ function resolvePaths(config: Config, baseDir: string): Config {
             passphrase_file: maybe(backend.passphrase_file),
             files: backend.files.map((f) => ({ ...f, path: at(f.path), passphrase_file: maybe(f.passphrase_file) })),
           };
+        case 'pkcs11':
+          return backend; // RFC 7512 requires absolute paths in the URI itself
       }
     }),
   };

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { fileBackendSchema } from '../../backends/file/schema';
+import { pkcs11BackendSchema } from '../../backends/pkcs11/schema';
 import { auditSchema } from '../audit/schema';
 import { LOG_LEVELS } from '../log';
 import { defaultPolicySchema, groupSchema, keyPolicySchema } from '../policy/schema';
@@ -69,7 +70,7 @@ export const keyOptionsSchema = z
   })
   .strict();
 
-export const backendSchema = z.discriminatedUnion('type', [fileBackendSchema]);
+export const backendSchema = z.discriminatedUnion('type', [fileBackendSchema, pkcs11BackendSchema]);
 
 export const configSchema = z
   .object({

@@ -1,4 +1,5 @@
 import { FileBackend } from '../../backends/file';
+import { Pkcs11Backend } from '../../backends/pkcs11';
 import type { BackendConfig } from '../config/schema';
 import type { Logger } from '../log';
 import type { Backend } from './types';
@@ -8,5 +9,7 @@ export function createBackend(config: BackendConfig, logger: Logger): Backend {
   switch (config.type) {
     case 'file':
       return new FileBackend(config, logger.child({ backend: config.name }));
+    case 'pkcs11':
+      return new Pkcs11Backend(config, logger.child({ backend: config.name }));
   }
 }

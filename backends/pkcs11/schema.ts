@@ -1,0 +1,25 @@
+import { z } from 'zod';
+
+export const pkcs11BackendSchema = z
+  .object({
+    type: z.literal('pkcs11'),
+    name: z.string().min(1).default('hsm').describe('Name of this backend instance, shown in KeyInfo.backend and metrics.'),
+    uri: z
+      .string()
+      .startsWith('pkcs11:', { error: 'expected an RFC 7512 URI starting with "pkcs11:"' })
+      .describe(
+        'RFC 7512 URI: module-path (or module-name), the token (token, serial, manufacturer, model or slot-id), optionally the keys (object label and/or id; none: every private key on the token), and pin-source=file:/path or |/command, or pin-value.',
+      ),
+    pool_size: z
+      .number()
+      .int()
+      .min(1)
+      .max(256)
+      .default(4)
+      .describe('PKCS#11 sessions kept open on the token; each runs one operation at a time. Session-limited tokens (a YubiKey) want 1 or 2.'),
+    max_queue: z.number().int().min(0).max(1_000_000).default(4096).describe('Requests that may wait for a free session; beyond it they answer BACKEND_UNAVAILABLE at once.'),
+    timeout_ms: z.number().int().min(1).max(600_000).default(5000).describe('Deadline for one operation; past it the request answers TIMEOUT and the session is reused only once the token returns.'),
+  })
+  .strict();
+
+export type Pkcs11BackendConfig = z.infer<typeof pkcs11BackendSchema>;

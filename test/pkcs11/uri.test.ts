@@ -1,0 +1,89 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import fc from 'fast-check';
+import { ConfigError } from '../../src/errors';
+import { parsePkcs11Uri, type Pkcs11Uri } from '../../backends/pkcs11/uri';
+
+interface Example {
+  uri: string;
+  path: Record<string, unknown>;
+  query: Record<string, string>;
+}
+
+const conformance = JSON.parse(readFileSync(join(__dirname, '..', 'fixtures', 'rfc7512-examples.json'), 'utf8')) as { valid: Example[] };
+
+const PATH_NAMES: Record<string, keyof Pkcs11Uri> = {
+  token: 'token', manufacturer: 'manufacturer', serial: 'serial', model: 'model', object: 'object', type: 'type',
+  'library-manufacturer': 'libraryManufacturer', 'library-description': 'libraryDescription', 'library-version': 'libraryVersion',
+  'slot-manufacturer': 'slotManufacturer', 'slot-description': 'slotDescription', 'slot-id': 'slotId',
+};
+
+/** The parse in the conformance file's own terms, so the comparison covers every attribute. */
+function asConformance(uri: Pkcs11Uri): { path: Record<string, unknown>; query: Record<string, string> } {
+  const path: Record<string, unknown> = {};
+  for (const [name, field] of Object.entries(PATH_NAMES)) if (uri[field] !== undefined) path[name] = uri[field];
+  if (uri.id !== undefined) path.id_hex = uri.id.toString('hex');
+  Object.assign(path, uri.vendor);
+  const query: Record<string, string> = { ...uri.unknownQuery };
+  if (uri.pinSource) query['pin-source'] = uri.pinSource.kind === 'file' ? `file:${uri.pinSource.path}` : `|${uri.pinSource.command}`;
+  if (uri.pinValue !== undefined) query['pin-value'] = uri.pinValue;
+  if (uri.moduleName !== undefined) query['module-name'] = uri.moduleName;
+  if (uri.modulePath !== undefined) query['module-path'] = uri.modulePath;
+  return { path, query };
+}
+
+test.each(conformance.valid.map((e) => [e.uri, e] as const))('RFC 7512 example %s', (_uri, example) => {
+  expect(asConformance(parsePkcs11Uri(example.uri))).toEqual({ path: example.path, query: example.query });
+});
+
+test('+ is a literal plus and id bytes are not UTF-8', () => {
+  const uri = parsePkcs11Uri('pkcs11:object=a+b;id=%ff%00%2b+');
+  expect(uri.object).toBe('a+b');
+  expect(uri.id).toEqual(Buffer.from([0xff, 0x00, 0x2b, 0x2b]));
+});
+
+test.each([
+  ['pkcs11:token=a;token=b', 'pkcs11 URI attribute token: appears twice'],
+  ['pkcs11:object=k?module-path=/a.so&module-path=/b.so', 'pkcs11 URI attribute module-path: appears twice'],
+  ['pkcs11:object=k?module-name=a&module-name=b', 'pkcs11 URI attribute module-name: appears twice'],
+  ['pkcs11:object=k?pin-source=file:/p&pin-value=1234', 'pkcs11 URI attribute pin-value: cannot be given together with pin-source'],
+  ['pkcs11:object=k?module-path=lib/softhsm2.so', 'pkcs11 URI attribute module-path: must be an absolute path, got "lib/softhsm2.so"'],
+  ['pkcs11:object=k?pin-source=file:pin.txt', 'pkcs11 URI attribute pin-source: must be file:/absolute/path or |/absolute/command'],
+  ['pkcs11:object=k?pin-source=|get-pin', 'pkcs11 URI attribute pin-source: a command must be an absolute path: "|/path/to/command"'],
+  [`pkcs11:manufacturer=${'x'.repeat(33)}`, 'pkcs11 URI attribute manufacturer: is 33 bytes; PKCS#11 allows at most 32'],
+  [`pkcs11:serial=${'1'.repeat(17)}`, 'pkcs11 URI attribute serial: is 17 bytes; PKCS#11 allows at most 16'],
+  ['pkcs11:library-version=256', 'pkcs11 URI attribute library-version: version numbers are bytes (0-255), got "256"'],
+  ['pkcs11:library-version=1.2.3', 'pkcs11 URI attribute library-version: expected M or M.N, got "1.2.3"'],
+  ['pkcs11:slot-id=-1', 'pkcs11 URI attribute slot-id: must be a non-negative whole number (CK_SLOT_ID), got "-1"'],
+  ['pkcs11:slot-id=abc', 'pkcs11 URI attribute slot-id: must be a non-negative whole number (CK_SLOT_ID), got "abc"'],
+  ['pkcs11:type=key', 'pkcs11 URI attribute type: must be one of public, private, cert, secret-key, data, got "key"'],
+  ['pkcs11:object=%zz', 'pkcs11 URI attribute object: bad percent-escape "%zz"'],
+  ['pkcs11:object=%c3', 'pkcs11 URI attribute object: is not valid UTF-8 text'],
+  ['pkcs11:object', 'pkcs11 URI attribute object: path attributes are name=value pairs separated by ";"'],
+  ['pkcs12:object=k', 'pkcs11 URI: must start with "pkcs11:", got "pkcs12:object=k"'],
+])('%s is refused, naming the attribute', (uri, message) => {
+  expect(() => parsePkcs11Uri(uri)).toThrow(new ConfigError(message.slice(0, message.indexOf(': ')), message.slice(message.indexOf(': ') + 2)));
+});
+
+test('an error never echoes a pin-value', () => {
+  try {
+    parsePkcs11Uri('pkcs11:object=k?pin-value=s3cret&pin-source=file:/p');
+  } catch (err) {
+    expect((err as Error).message).not.toContain('s3cret');
+  }
+});
+
+test('random URIs either parse or fail with a ConfigError (100,000 cases)', () => {
+  const alphabet = fc.constantFrom(...'pkcs11:;?&=%+/|-_.abcdefghijklmnopqrstuvwxyz0123456789ABCDEF'.split(''), 'token', 'object', 'id', 'type', 'slot-id', 'library-version', 'module-path', 'pin-source', 'pin-value', 'file:', '%2', '%zz', 'é');
+  const uris = fc.array(alphabet, { maxLength: 40 }).map((parts) => `pkcs11:${parts.join('')}`);
+  fc.assert(
+    fc.property(uris, (uri) => {
+      try {
+        parsePkcs11Uri(uri);
+      } catch (err) {
+        if (!(err instanceof ConfigError)) throw err;
+      }
+    }),
+    { numRuns: 100_000 },
+  );
+});

@@ -1,4 +1,4 @@
-import { closeSync, openSync, readSync, fstatSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync, writeSync } from 'node:fs';
 import { open, rename, type FileHandle } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { BackendUnavailableError } from '../errors';
@@ -191,10 +191,14 @@ export class AuditLog {
     return true;
   }
 
+  /**
+   * Synchronous on purpose: a batch goes to the page cache in microseconds, while a trip
+   * through the libuv pool added ~0.1 ms to every answer. fdatasync stays asynchronous.
+   */
   private async writeFully(buffer: Buffer): Promise<{ bytes: number; error?: Error }> {
     let bytes = 0;
     try {
-      while (bytes < buffer.length) bytes += (await this.file.write(buffer, bytes)).bytesWritten;
+      while (bytes < buffer.length) bytes += writeSync(this.file.fd, buffer, bytes);
       return { bytes };
     } catch (err) {
       return { bytes, error: err as Error };

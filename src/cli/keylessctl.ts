@@ -2,6 +2,7 @@
 import { ConnectionError, RemoteError } from '../client/errors';
 import { KeylessError } from '../errors';
 import { UsageError } from './ctl/connection';
+import { bench } from './ctl/bench';
 import * as commands from './ctl/commands';
 
 const COMMANDS: Readonly<Record<string, commands.Command>> = {
@@ -12,6 +13,7 @@ const COMMANDS: Readonly<Record<string, commands.Command>> = {
   decrypt: commands.decrypt,
   pki: commands.pki,
   audit: commands.audit,
+  bench,
 };
 
 function usage(): string {

@@ -1,6 +1,6 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { KeylessSession } from '../../client/session';
+import { KeylessSession, type SessionOptions } from '../../client/session';
 import { pkiDir, stateDir } from '../../devstate';
 import { PKI_FILES } from '../../pki/init';
 
@@ -49,7 +49,8 @@ export function serverUrl(server: string): string {
   return `wss://${server}/v1`;
 }
 
-export async function openSession(flags: ConnectionFlags, env: NodeJS.ProcessEnv = process.env): Promise<KeylessSession> {
+/** Where to connect and with which credentials: flags, else environment, else the embedded default. */
+export function sessionOptions(flags: ConnectionFlags, env: NodeJS.ProcessEnv = process.env): SessionOptions {
   const pki = pkiDir(stateDir(env, flags['state-dir']));
   const fallback = (name: string) => (existsSync(join(pki, name)) ? join(pki, name) : undefined);
   const files = {
@@ -62,7 +63,7 @@ export async function openSession(flags: ConnectionFlags, env: NodeJS.ProcessEnv
   }
   const timeout = flags['timeout-ms'] === undefined ? 30_000 : Number(flags['timeout-ms']);
   if (!Number.isInteger(timeout) || timeout <= 0) throw new UsageError(`--timeout-ms must be a positive whole number, got ${flags['timeout-ms']}`);
-  return KeylessSession.connect({
+  return {
     url: serverUrl(flags.server ?? env.KEYLESS_SERVER ?? 'wss://127.0.0.1:2408/v1'),
     ca: readNamed('CA bundle', files.ca!),
     cert: readNamed('client certificate', files['client-cert']!),
@@ -70,5 +71,9 @@ export async function openSession(flags: ConnectionFlags, env: NodeJS.ProcessEnv
     servername: flags.servername,
     requestTimeoutMs: timeout,
     files: { ca: files.ca, cert: files['client-cert'] },
-  });
+  };
+}
+
+export function openSession(flags: ConnectionFlags, env: NodeJS.ProcessEnv = process.env): Promise<KeylessSession> {
+  return KeylessSession.connect(sessionOptions(flags, env));
 }

@@ -1,0 +1,118 @@
+import { WebSocket } from 'ws';
+import { parseArgs } from 'node:util';
+import { SCHEME_OF, SIGNATURE_ALGORITHMS, type SignatureAlgorithm } from '../../crypto/algorithms';
+import { HASH_LENGTH } from '../../crypto/hashes';
+import { SUBPROTOCOL } from '../../client/session';
+import { measureLocalLimit } from '../../bench/local-limit';
+import { runLoad, webSocketConnection, type LoadResult } from '../../bench/load';
+import { v1Protocol } from '../../bench/v1-protocol';
+import { signatureAlgorithmNumber } from '../../protocol/v1';
+import type { Command } from './commands';
+import { CONNECTION_HELP, CONNECTION_OPTIONS, UsageError, sessionOptions, openSession } from './connection';
+import { parseKeyRef } from './keyref';
+import { keyRefToMessage } from '../../protocol/v1';
+
+function positiveNumber(text: string | undefined, flag: string): number {
+  const n = Number(text);
+  if (!Number.isFinite(n) || n <= 0) throw new UsageError(`${flag} must be a positive number, got ${text}`);
+  return n;
+}
+
+function report(result: LoadResult, limit: number | undefined, json: boolean, label: string): string {
+  if (json) return `${JSON.stringify({ label, ...result, localLimitPerSecond: limit, ratio: limit ? result.opsPerSecond / limit : undefined })}\n`;
+  const ms = (us: number) => (us / 1000).toFixed(3);
+  const lines = [
+    `${label}: ${result.opsPerSecond.toFixed(0)} ops/s (${result.operations} in ${result.seconds.toFixed(1)} s)`,
+    `latency ms: p50 ${ms(result.latencyUs.p50)}  p90 ${ms(result.latencyUs.p90)}  p99 ${ms(result.latencyUs.p99)}  p99.9 ${ms(result.latencyUs.p999)}`,
+    `errors: ${Object.keys(result.errors).length === 0 ? 'none' : Object.entries(result.errors).map(([code, n]) => `${code} ${n}`).join(', ')}`,
+  ];
+  if (limit) lines.push(`local limit (same signature in-process on all cores): ${limit.toFixed(0)}/s; ratio ${(result.opsPerSecond / limit).toFixed(3)}`);
+  return `${lines.join('\n')}\n`;
+}
+
+export const bench: Command = {
+  summary: 'load generator: ops/s and latency percentiles, with the local limit for comparison',
+  help: `Usage: keylessctl bench --key KEY --algorithm ALG [options]
+       keylessctl bench --operation ping [options]
+
+  --operation sign|ping    what to send (default sign)
+  --key KEY                key name, SKI or SPKI SHA-256 (sign)
+  --algorithm ALG          signature algorithm (sign); a digest of its hash length is sent (a message for ED25519)
+  --sessions N             sessions (default 8)
+  --inflight N             requests outstanding per session (default 16)
+  --duration S             seconds measured (default 10)
+  --warmup S               seconds run before measuring (default 2)
+  --no-limit               skip measuring the local limit
+  --json                   one JSON object instead of text
+
+The local limit is the same signature made in-process with OpenSSL on every core of
+this machine for --duration seconds, measured after the load run; the ratio compares the
+server's throughput with it.
+
+${CONNECTION_HELP}`,
+  async run(argv) {
+    const { values } = parseArgs({
+      args: argv,
+      options: {
+        ...CONNECTION_OPTIONS,
+        operation: { type: 'string', default: 'sign' },
+        key: { type: 'string' },
+        algorithm: { type: 'string' },
+        sessions: { type: 'string', default: '8' },
+        inflight: { type: 'string', default: '16' },
+        duration: { type: 'string', default: '10' },
+        warmup: { type: 'string', default: '2' },
+        'no-limit': { type: 'boolean' },
+        json: { type: 'boolean' },
+      },
+      strict: true,
+    });
+    const sessions = positiveNumber(values.sessions, '--sessions');
+    const inflight = positiveNumber(values.inflight, '--inflight');
+    const seconds = positiveNumber(values.duration, '--duration');
+    const warmupSeconds = Number(values.warmup);
+    const options = sessionOptions(values);
+    const connect = () =>
+      new Promise<ReturnType<typeof webSocketConnection>>((resolve, reject) => {
+        const ws = new WebSocket(options.url, SUBPROTOCOL, { ca: options.ca, cert: options.cert, key: options.key, perMessageDeflate: false, maxPayload: 1 << 24 });
+        ws.once('open', () => resolve(webSocketConnection(ws)));
+        ws.once('error', reject);
+      });
+
+    let protocol;
+    let limitKey;
+    let label;
+    if (values.operation === 'ping') {
+      protocol = v1Protocol({ ping: { payload: Buffer.alloc(32) } });
+      label = `ping, ${sessions} sessions x ${inflight} in flight`;
+    } else if (values.operation === 'sign') {
+      if (!values.key) throw new UsageError('--key is required for sign');
+      const algorithm = (values.algorithm ?? '').toUpperCase();
+      if (!(SIGNATURE_ALGORITHMS as readonly string[]).includes(algorithm)) throw new UsageError(`--algorithm must be one of ${SIGNATURE_ALGORITHMS.join(', ')}`);
+      const ref = parseKeyRef(values.key);
+      const probe = await openSession(values);
+      const info = await probe.getKey(ref).finally(() => probe.close());
+      const scheme = SCHEME_OF[algorithm as SignatureAlgorithm];
+      const input = scheme.kind === 'ed25519' ? { message: Buffer.alloc(32, 7) } : { digest: Buffer.alloc(HASH_LENGTH[scheme.hash], 7) };
+      protocol = v1Protocol({ sign: { key: keyRefToMessage(ref), algorithm: signatureAlgorithmNumber(algorithm as SignatureAlgorithm), ...input } });
+      limitKey = { type: info.type as 'rsa' | 'ec' | 'ed25519', bits: info.bits ?? 0, curve: info.curve ?? '' };
+      label = `${algorithm} with ${info.name} (${info.backend}), ${sessions} sessions x ${inflight} in flight`;
+    } else {
+      throw new UsageError(`--operation must be sign or ping, got ${values.operation}`);
+    }
+
+    const tty = process.stderr.isTTY && !values.json;
+    const result = await runLoad({
+      sessions,
+      inflight,
+      seconds,
+      warmupSeconds,
+      connect,
+      protocol,
+      progress: tty ? (n, t) => process.stderr.write(`\r${(n / t).toFixed(0)} ops/s after ${t.toFixed(0)} s   `) : undefined,
+    });
+    if (tty) process.stderr.write('\r\x1b[K');
+    const limit = limitKey && !values['no-limit'] ? await measureLocalLimit(limitKey, seconds) : undefined;
+    process.stdout.write(report(result, limit, values.json ?? false, label));
+  },
+};

@@ -13,9 +13,11 @@ import { Metrics } from './metrics/metrics';
 import { Dispatcher, type ServingState } from './server/dispatcher';
 import { loadTlsMaterial, serverTlsOptions } from './server/tls';
 import { V1Listener } from './server/v1-listener';
+import { CompatListener } from './compat/listener';
 
 export interface DaemonAddresses {
   readonly v1: AddressInfo;
+  readonly compat?: AddressInfo;
   readonly metrics?: AddressInfo;
 }
 
@@ -92,6 +94,7 @@ export class Daemon {
   private keys!: KeySet;
   private dispatcher!: Dispatcher;
   private v1!: V1Listener;
+  private compat?: CompatListener;
   private metricsServer?: MetricsServer;
 
   private reloading?: Promise<boolean>;
@@ -140,6 +143,22 @@ export class Daemon {
       logger,
     );
     const v1 = await this.v1.start();
+    let compat: AddressInfo | undefined;
+    if (config.compat.enabled) {
+      this.compat = new CompatListener(
+        {
+          host: config.compat.host,
+          port: config.compat.port,
+          tls: serverTlsOptions(tls, config.compat.min_version, config.tls.handshake_timeout_ms),
+          maxSessions: config.limits.max_sessions,
+          maxSendBufferBytes: config.limits.max_send_buffer_bytes,
+        },
+        this.dispatcher,
+        metrics,
+        logger,
+      );
+      compat = await this.compat.start();
+    }
     this.recordCertificates(tls.serverNotAfter, tls.clientCaNotAfter);
     let metricsAddress: AddressInfo | undefined;
     if (config.metrics.enabled) {
@@ -153,7 +172,7 @@ export class Daemon {
       { listen: `${v1.address}:${v1.port}`, metrics: metricsAddress && `${metricsAddress.address}:${metricsAddress.port}`, keys: this.keys.registry.size },
       `keylessd serving ${this.keys.registry.size} keys on wss://${v1.address}:${v1.port}${config.listen.path}`,
     );
-    return { v1, metrics: metricsAddress };
+    return { v1, compat, metrics: metricsAddress };
   }
 
   /**
@@ -191,9 +210,10 @@ export class Daemon {
     if (next.listen.host !== this.config.listen.host || next.listen.port !== this.config.listen.port || next.listen.path !== this.config.listen.path) {
       logger.warn('listen.* changed: the listener keeps its address until a restart');
     }
-    this.config = { ...next, listen: this.config.listen, metrics: this.config.metrics, audit: this.config.audit };
+    this.config = { ...next, listen: this.config.listen, metrics: this.config.metrics, audit: this.config.audit, compat: this.config.compat };
     this.keys = keys;
     this.v1.updateTls(serverTlsOptions(tls, next.tls.min_version, next.tls.handshake_timeout_ms));
+    this.compat?.updateTls(serverTlsOptions(tls, this.config.compat.min_version, next.tls.handshake_timeout_ms));
     this.recordCertificates(tls.serverNotAfter, tls.clientCaNotAfter);
     metrics.reloadSuccess.set(1);
     metrics.reloadTime.set(Date.now() / 1000);
@@ -210,8 +230,10 @@ export class Daemon {
   }
 
   private recordCertificates(serverNotAfter: Date, clientCaNotAfter: Date): void {
-    this.metrics.certificateExpiry.set({ listener: 'keyless.v1', role: 'server' }, serverNotAfter.getTime() / 1000);
-    this.metrics.certificateExpiry.set({ listener: 'keyless.v1', role: 'client_ca' }, clientCaNotAfter.getTime() / 1000);
+    for (const listener of this.compat ? ['keyless.v1', 'cloudflare'] : ['keyless.v1']) {
+      this.metrics.certificateExpiry.set({ listener, role: 'server' }, serverNotAfter.getTime() / 1000);
+      this.metrics.certificateExpiry.set({ listener, role: 'client_ca' }, clientCaNotAfter.getTime() / 1000);
+    }
   }
 
   private readinessChecks() {
@@ -227,11 +249,12 @@ export class Daemon {
 
   /** Stops accepting, lets in-flight requests finish (up to `deadlineMs`), closes sessions, releases backends. */
   async shutdown(deadlineMs: number): Promise<void> {
-    const stopped = this.v1.stopAccepting();
+    const stopped = Promise.all([this.v1.stopAccepting(), this.compat?.stopAccepting()]);
     const deadline = Date.now() + deadlineMs;
     while (this.dispatcher.inflight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
     if (this.dispatcher.inflight > 0) this.logger.warn({ inflight: this.dispatcher.inflight }, 'shutdown deadline reached with requests still in flight');
     this.v1.closeSessions();
+    this.compat?.closeSessions();
     await stopped;
     await this.audit?.close();
     await this.metricsServer?.stop();

@@ -13,6 +13,7 @@ const COMMANDS: Readonly<Record<string, commands.Command>> = {
   decrypt: commands.decrypt,
   pki: commands.pki,
   audit: commands.audit,
+  config: commands.config,
   bench,
 };
 

@@ -48,7 +48,7 @@ function fail(message: string): never {
 
 /** Opens every backend and reads the TLS files once, so a config that passes will start. */
 async function checkConfig(file: string, overrides: Override[]): Promise<void> {
-  const config = loadConfigFile(file, overrides);
+  const config = loadConfigFile(file, overrides, (note) => process.stdout.write(`${file} (gokeyless.yaml): ${note.key}: ${note.why}\n`));
   loadTlsMaterial(config.tls);
   const logger = createLogger('silent');
   let keys = 0;
@@ -98,7 +98,7 @@ async function main(): Promise<void> {
   let embedded: string | undefined;
   if (values.config) {
     const file = values.config;
-    load = () => loadConfigFile(file, overrides);
+    load = () => loadConfigFile(file, overrides, (note) => process.stderr.write(`keylessd: ${file} looks like a gokeyless.yaml: ${note.key}: ${note.why}\n`));
   } else {
     const dir = stateDir(process.env, values['state-dir']);
     embedded = dir;

@@ -3,6 +3,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import { ConfigError } from '../errors';
 import { formatConfigIssues } from './format';
+import { convertGokeylessConfig, looksLikeGokeylessConfig, type ConversionNote } from './gokeyless';
 import { configSchema, type Config } from './schema';
 
 /** Where the audit log goes when a config file does not say. */
@@ -77,14 +78,24 @@ export function validateConfig(raw: Record<string, unknown>, overrides: readonly
   return resolvePaths(result.data, baseDir);
 }
 
-export function loadConfigFile(file: string, overrides: readonly Override[] = []): Config {
+/**
+ * Reads a keylessd.yaml, or a gokeyless.yaml (converted; `onNote` hears which of its keys
+ * were ignored and why).
+ */
+export function loadConfigFile(file: string, overrides: readonly Override[] = [], onNote: (note: ConversionNote) => void = () => {}): Config {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
     throw new ConfigError(file, `cannot read the config file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
-  return validateConfig(parseYaml(text, file), overrides, dirname(resolve(file)));
+  let raw = parseYaml(text, file);
+  if (looksLikeGokeylessConfig(raw)) {
+    const converted = convertGokeylessConfig(raw);
+    converted.notes.forEach(onNote);
+    raw = converted.config;
+  }
+  return validateConfig(raw, overrides, dirname(resolve(file)));
 }
 
 /** Relative file names in the config are relative to the config file's folder, not the working directory. */

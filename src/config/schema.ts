@@ -63,6 +63,18 @@ export const metricsSchema = z
   })
   .strict();
 
+export const compatSchema = z
+  .object({
+    enabled: z.boolean().default(false).describe("Serve Cloudflare's Keyless SSL binary protocol (for existing edges and tools)."),
+    host: z.string().min(1).default('127.0.0.1').describe('Address of the Cloudflare-protocol listener.'),
+    port: port('Port of the Cloudflare-protocol listener.', 2407),
+    min_version: tlsVersion
+      .default('TLSv1.2')
+      .describe('Lowest TLS version on this port. Deployed edges use 1.2; only ECDHE with AES-GCM or ChaCha20-Poly1305 is allowed.'),
+  })
+  .strict()
+  .describe('The Cloudflare-compatible listener. It uses the tls section\'s certificate and client CA, and the same policy, audit and metrics.');
+
 export const keyOptionsSchema = z
   .object({
     decrypt: z.boolean().default(false).describe('Allow RSA decryption (TLS 1.2 RSA key exchange) with this key.'),
@@ -78,6 +90,7 @@ export const configSchema = z
     tls: tlsSchema,
     limits: limitsSchema.prefault({}),
     metrics: metricsSchema.prefault({}),
+    compat: compatSchema.prefault({}),
     log: z
       .object({ level: z.enum(LOG_LEVELS).default('info').describe('Lowest level written to the JSON log on stdout.') })
       .strict()

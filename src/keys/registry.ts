@@ -1,6 +1,12 @@
+import { certificateDigest } from '../compat/request';
 import type { KeyHandle, SkippedKey } from './types';
 
-export type KeyRef = { readonly ski: Buffer } | { readonly spkiSha256: Buffer } | { readonly name: string };
+export type KeyRef =
+  | { readonly ski: Buffer }
+  | { readonly spkiSha256: Buffer }
+  | { readonly name: string }
+  /** The Cloudflare protocol's certificate digest (RSA keys only); see src/compat/request.ts. */
+  | { readonly certDigest: Buffer };
 
 export interface KeyOptions {
   /** RSA decryption (TLS 1.2 RSA key exchange) is off unless the key's config enables it. */
@@ -21,6 +27,7 @@ export class KeyRegistry {
   private readonly byName = new Map<string, RegisteredKey>();
   private readonly bySki = new Map<string, RegisteredKey>();
   private readonly bySpki = new Map<string, RegisteredKey>();
+  private readonly byCertDigest = new Map<string, RegisteredKey>();
   readonly skipped: SkippedKey[] = [];
   /**
    * Requests that looked a key up here and have not finished. After a reload swaps in a
@@ -42,12 +49,14 @@ export class KeyRegistry {
       this.byName.set(handle.name, entry);
       this.bySki.set(ski, entry);
       this.bySpki.set(handle.publicKey.spkiSha256.toString('hex'), entry);
+      if (handle.publicKey.modulus) this.byCertDigest.set(certificateDigest(handle.publicKey.modulus).toString('hex'), entry);
     }
   }
 
   find(ref: KeyRef): RegisteredKey | undefined {
     if ('name' in ref) return this.byName.get(ref.name);
     if ('ski' in ref) return this.bySki.get(ref.ski.toString('hex'));
+    if ('certDigest' in ref) return this.byCertDigest.get(ref.certDigest.toString('hex'));
     return this.bySpki.get(ref.spkiSha256.toString('hex'));
   }
 
@@ -63,5 +72,6 @@ export class KeyRegistry {
 export function describeKeyRef(ref: KeyRef): string {
   if ('name' in ref) return `name "${ref.name}"`;
   if ('ski' in ref) return `SKI ${ref.ski.toString('hex')}`;
+  if ('certDigest' in ref) return `certificate digest ${ref.certDigest.toString('hex')}`;
   return `SPKI SHA-256 ${ref.spkiSha256.toString('hex')}`;
 }

@@ -62,6 +62,7 @@ export function keyRefFromMessage(ref: keyless.v1.KeyRef.$Properties | null | un
 export function keyRefToMessage(ref: KeyRef): keyless.v1.KeyRef.$Properties {
   if ('name' in ref) return { name: ref.name };
   if ('ski' in ref) return { ski: ref.ski };
+  if ('certDigest' in ref) throw new TypeError('keyless.v1 has no certificate-digest key reference');
   return { spkiSha256: ref.spkiSha256 };
 }
 

@@ -61,7 +61,8 @@ export class Dispatcher {
     return this.inflightTotal;
   }
 
-  sign(session: SessionInfo, ref: KeyRef, algorithm: SignatureAlgorithm, scheme: SignScheme, input: SignInput, facts?: RequestFacts): Promise<Buffer> {
+  /** `algorithm` names the request in metrics, policy and audit: a keyless.v1 algorithm, or the compat port's equivalent. */
+  sign(session: SessionInfo, ref: KeyRef, algorithm: string, scheme: SignScheme, input: SignInput, facts?: RequestFacts): Promise<Buffer> {
     return this.track(session, 'sign', algorithm, ref, facts, async (key) => {
       const type = key.handle.publicKey.type;
       if (keyTypeOf(scheme) !== type) throw new UnsupportedError(`key ${key.handle.name} is ${type}; it cannot sign ${describeScheme(scheme)}`);

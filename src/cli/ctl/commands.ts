@@ -1,6 +1,10 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { SIGNATURE_ALGORITHMS, type SignatureAlgorithm } from '../../crypto/algorithms';
 import { verifyAuditFiles } from '../../audit/verify';
+import { readFileSync } from 'node:fs';
+import { stringify } from 'yaml';
+import { convertGokeylessConfig } from '../../config/gokeyless';
+import { parseYaml } from '../../config/load';
 import { initPki } from '../../pki/init';
 import { CONNECTION_HELP, CONNECTION_OPTIONS, UsageError, openSession } from './connection';
 import { parseHex, readInput, writeOutput } from './io';
@@ -232,5 +236,28 @@ Prints the number of records verified, or the first record that breaks the chain
     const result = verifyAuditFiles(files);
     if (!result.ok) throw new UsageError(`audit log broken at ${result.file}:${result.line}: ${result.reason}`);
     process.stdout.write(`OK: ${result.records} records verified in ${files.length} file(s)\n`);
+  },
+};
+
+export const config: Command = {
+  summary: 'convert a gokeyless.yaml to keylessd.yaml (config convert FILE > keylessd.yaml)',
+  help: `Usage: keylessctl config convert GOKEYLESS_YAML > keylessd.yaml
+
+Prints the keylessd configuration equivalent to a gokeyless.yaml on standard output and,
+on standard error, each gokeyless setting it does not carry over and why.
+keylessd --config gokeyless.yaml also works directly; converting lets you review and edit.`,
+  async run(argv) {
+    const { positionals } = parse(argv, {});
+    if (positionals[0] !== 'convert' || !positionals[1]) throw new UsageError('usage: keylessctl config convert GOKEYLESS_YAML');
+    const file = positionals[1];
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      throw new UsageError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+    const { config, notes } = convertGokeylessConfig(parseYaml(text, file));
+    for (const note of notes) process.stderr.write(`${note.key}: ${note.why}\n`);
+    process.stdout.write(`# converted from ${file} by keylessctl config convert\n${stringify(config)}`);
   },
 };

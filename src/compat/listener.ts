@@ -1,0 +1,148 @@
+import type { AddressInfo } from 'node:net';
+import { createServer, type Server, type TLSSocket, type TlsOptions } from 'node:tls';
+import { toKeylessError } from '../errors';
+import type { KeyRef } from '../keys/registry';
+import type { Logger } from '../log';
+import type { Metrics } from '../metrics/metrics';
+import { identityFromCertificate } from '../policy/identity';
+import type { Dispatcher } from '../server/dispatcher';
+import { nextSessionId, type SessionInfo } from '../server/session-info';
+import { handshakeFailureReason } from '../server/tls';
+import { CompatFormatError, ErrorByte, FrameReader, Tag, decodeFrame, encodeFrame } from './codec';
+import { ERROR_BYTE, Opcode, interpretFrame, type CompatRequest } from './request';
+
+const LISTENER = 'cloudflare' as const;
+
+export interface CompatListenerOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly tls: TlsOptions;
+  readonly maxSessions: number;
+  readonly maxSendBufferBytes: number;
+}
+
+function response(id: number, opcode: number, payload: Buffer): Buffer {
+  return encodeFrame(id, [
+    [Tag.opcode, Buffer.from([opcode])],
+    [Tag.payload, payload],
+  ]);
+}
+
+/**
+ * Cloudflare's Keyless SSL protocol on its own port, for edges that already speak it.
+ * The same dispatcher as keyless.v1 serves it, so policy, audit and metrics are the same;
+ * only framing and error bytes differ.
+ */
+export class CompatListener {
+  private readonly server: Server;
+  private readonly sockets = new Set<TLSSocket>();
+  private draining = false;
+
+  constructor(
+    private readonly options: CompatListenerOptions,
+    private readonly dispatcher: Dispatcher,
+    private readonly metrics: Metrics,
+    private readonly logger: Logger,
+  ) {
+    this.server = createServer(options.tls, (socket) => this.serve(socket));
+    this.server.maxConnections = options.maxSessions;
+    this.server.on('drop', () => this.metrics.connectionsRefused.inc({ listener: LISTENER, reason: 'max_sessions' }));
+    this.server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => {
+      const reason = handshakeFailureReason(err, socket.authorizationError);
+      this.metrics.handshakeFailures.inc({ listener: LISTENER, reason });
+      this.logger.info({ listener: LISTENER, peer: `${socket.remoteAddress}:${socket.remotePort}`, reason }, 'TLS handshake failed');
+    });
+  }
+
+  async start(): Promise<AddressInfo> {
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(this.options.port, this.options.host, () => {
+        this.server.off('error', reject);
+        resolve();
+      });
+    });
+    return this.server.address() as AddressInfo;
+  }
+
+  updateTls(tls: TlsOptions): void {
+    this.server.setSecureContext(tls);
+  }
+
+  stopAccepting(): Promise<void> {
+    this.draining = true;
+    for (const socket of this.sockets) socket.pause();
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+
+  closeSessions(): void {
+    for (const socket of this.sockets) socket.end();
+  }
+
+  private serve(socket: TLSSocket): void {
+    socket.disableRenegotiation();
+    const certificate = socket.getPeerX509Certificate();
+    if (this.draining || !certificate) {
+      socket.destroy();
+      return;
+    }
+    const session: SessionInfo = {
+      id: nextSessionId(),
+      listener: LISTENER,
+      peer: `${socket.remoteAddress}:${socket.remotePort}`,
+      identity: identityFromCertificate(certificate),
+      inflight: 0,
+    };
+    this.sockets.add(socket);
+    this.metrics.sessionsOpened.inc({ listener: LISTENER });
+    this.metrics.sessionsActive.inc({ listener: LISTENER });
+    const reader = new FrameReader();
+    let paused = false;
+    const send = (frame: Buffer) => {
+      if (socket.destroyed) return;
+      // A client that does not read its answers stops being read until it does.
+      if (!socket.write(frame) && !paused && socket.writableLength > this.options.maxSendBufferBytes) {
+        paused = true;
+        socket.pause();
+        socket.once('drain', () => {
+          paused = false;
+          if (!this.draining) socket.resume();
+        });
+      }
+    };
+    socket.on('data', (chunk: Buffer) => {
+      for (const bytes of reader.push(chunk)) this.handle(session, bytes).then(send);
+    });
+    socket.on('error', (err) => this.logger.debug({ session: session.id, error: err.message }, 'compat connection error'));
+    socket.on('close', () => {
+      this.sockets.delete(socket);
+      this.metrics.sessionsActive.dec({ listener: LISTENER });
+    });
+  }
+
+  /** One frame in, its answer out; never rejects. */
+  private async handle(session: SessionInfo, bytes: Buffer): Promise<Buffer> {
+    let request: CompatRequest;
+    try {
+      request = interpretFrame(decodeFrame(bytes));
+    } catch (err) {
+      const failure = err instanceof CompatFormatError ? err : new CompatFormatError(bytes.readUInt32BE(4), ErrorByte.format, (err as Error).message);
+      this.metrics.protocolErrors.inc({ listener: LISTENER, kind: 'format' });
+      this.logger.debug({ session: session.id, error: failure.message }, 'refusing a malformed compat request');
+      return response(failure.id, Opcode.error, Buffer.from([failure.errorByte]));
+    }
+    const { operation, id } = request;
+    if (operation.kind === 'ping') return response(id, Opcode.pong, operation.payload);
+    const ref: KeyRef | undefined = request.ski ? { ski: request.ski } : request.certDigest ? { certDigest: request.certDigest } : undefined;
+    if (!ref) return response(id, Opcode.error, Buffer.from([ErrorByte.keyNotFound]));
+    try {
+      const result =
+        operation.kind === 'sign'
+          ? await this.dispatcher.sign(session, ref, operation.algorithm, operation.scheme, operation.scheme.kind === 'ed25519' ? { message: operation.payload } : { digest: operation.payload }, request.facts)
+          : await this.dispatcher.decrypt(session, ref, 'rsa-raw', operation.payload, request.facts);
+      return response(id, Opcode.response, result);
+    } catch (err) {
+      return response(id, Opcode.error, Buffer.from([ERROR_BYTE[toKeylessError(err).code]]));
+    }
+  }
+}

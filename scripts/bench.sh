@@ -17,6 +17,7 @@ cat > "$work/on.yaml" <<YAML
 listen: { host: 127.0.0.1, port: 2408 }
 tls: { cert: $S/pki/server.crt, key: $S/pki/server.key, client_ca: $S/pki/ca.crt }
 metrics: { port: 2406 }
+compat: { enabled: true, port: 2407 }
 audit: { path: $work/audit.log }
 groups: { dev: { subject_o: ["keylessd development"] } }
 keys: { demo-p256: { policy: { groups: [dev], operations: [sign] } }, demo-rsa2048: { policy: { groups: [dev] } }, demo-ed25519: { policy: { groups: [dev] } } }
@@ -41,6 +42,15 @@ ctl bench --key demo-rsa2048 --algorithm RSA_PKCS1_SHA256 --sessions 8 --infligh
 ctl bench --key demo-p256 --algorithm ECDSA_SHA256 --sessions 8 --inflight 16 --duration "$secs"
 ctl bench --key demo-ed25519 --algorithm ED25519 --sessions 8 --inflight 16 --duration "$secs"
 ctl bench --key demo-p256 --algorithm ECDSA_SHA256 --sessions 1 --inflight 1 --duration "$secs" --no-limit
+stop
+
+echo "== Cloudflare-compatible port vs keyless.v1, same server"
+serve on
+for key in demo-rsa2048:RSA_PKCS1_SHA256:4 demo-p256:ECDSA_SHA256:16; do
+  IFS=: read -r name alg inflight <<< "$key"
+  ski=$(ctl keys | awk -v n="$name" '$1==n {print $4}')
+  for protocol in keyless.v1 cloudflare; do ctl bench --protocol "$protocol" --key "$ski" --algorithm "$alg" --sessions 8 --inflight "$inflight" --duration "$secs" --no-limit | head -1; done
+done
 stop
 
 echo "== policy + audit + metrics cost on P-256 (interleaved off/on, 3 rounds)"

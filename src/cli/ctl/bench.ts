@@ -4,7 +4,10 @@ import { SCHEME_OF, SIGNATURE_ALGORITHMS, type SignatureAlgorithm } from '../../
 import { HASH_LENGTH } from '../../crypto/hashes';
 import { SUBPROTOCOL } from '../../client/session';
 import { measureLocalLimit } from '../../bench/local-limit';
-import { runLoad, webSocketConnection, type LoadResult } from '../../bench/load';
+import { runLoad, webSocketConnection, type BenchConnection, type LoadResult } from '../../bench/load';
+import { FrameReader } from '../../compat/codec';
+import { Opcode } from '../../compat/request';
+import { OPCODE_OF, cloudflareBenchProtocol, connectCloudflare, skiFromFlag } from './cloudflare';
 import { v1Protocol } from '../../bench/v1-protocol';
 import { signatureAlgorithmNumber } from '../../protocol/v1';
 import type { Command } from './commands';
@@ -42,6 +45,7 @@ export const bench: Command = {
   --inflight N             requests outstanding per session (default 16)
   --duration S             seconds measured (default 10)
   --warmup S               seconds run before measuring (default 2)
+  --protocol P             keyless.v1 (default) or cloudflare (--server host:port, --key as SKI hex)
   --no-limit               skip measuring the local limit
   --json                   one JSON object instead of text
 
@@ -63,6 +67,7 @@ ${CONNECTION_HELP}`,
         duration: { type: 'string', default: '10' },
         warmup: { type: 'string', default: '2' },
         'no-limit': { type: 'boolean' },
+        protocol: { type: 'string', default: 'keyless.v1' },
         json: { type: 'boolean' },
       },
       strict: true,
@@ -71,32 +76,52 @@ ${CONNECTION_HELP}`,
     const inflight = positiveNumber(values.inflight, '--inflight');
     const seconds = positiveNumber(values.duration, '--duration');
     const warmupSeconds = Number(values.warmup);
-    const options = sessionOptions(values);
-    const connect = () =>
-      new Promise<ReturnType<typeof webSocketConnection>>((resolve, reject) => {
-        const ws = new WebSocket(options.url, SUBPROTOCOL, { ca: options.ca, cert: options.cert, key: options.key, perMessageDeflate: false, maxPayload: 1 << 24 });
-        ws.once('open', () => resolve(webSocketConnection(ws)));
-        ws.once('error', reject);
-      });
+    const cloudflare = values.protocol === 'cloudflare';
+    if (!cloudflare && values.protocol !== 'keyless.v1') throw new UsageError(`--protocol must be keyless.v1 or cloudflare, got ${values.protocol}`);
+    const connect = cloudflare
+      ? async (): Promise<BenchConnection> => {
+          const client = await connectCloudflare(values);
+          const reader = new FrameReader();
+          client.socket.removeAllListeners('data');
+          return {
+            send: (frame) => void client.socket.write(frame),
+            onMessage: (handler) => client.socket.on('data', (chunk: Buffer) => reader.push(chunk).forEach(handler)),
+            close: () => client.socket.destroy(),
+          };
+        }
+      : () => {
+          const options = sessionOptions(values);
+          return new Promise<BenchConnection>((resolve, reject) => {
+            const ws = new WebSocket(options.url, SUBPROTOCOL, { ca: options.ca, cert: options.cert, key: options.key, perMessageDeflate: false, maxPayload: 1 << 24 });
+            ws.once('open', () => resolve(webSocketConnection(ws)));
+            ws.once('error', reject);
+          });
+        };
 
     let protocol;
     let limitKey;
     let label;
     if (values.operation === 'ping') {
-      protocol = v1Protocol({ ping: { payload: Buffer.alloc(32) } });
+      protocol = cloudflare ? cloudflareBenchProtocol(Opcode.ping, Buffer.alloc(32)) : v1Protocol({ ping: { payload: Buffer.alloc(32) } });
       label = `ping, ${sessions} sessions x ${inflight} in flight`;
     } else if (values.operation === 'sign') {
       if (!values.key) throw new UsageError('--key is required for sign');
       const algorithm = (values.algorithm ?? '').toUpperCase();
       if (!(SIGNATURE_ALGORITHMS as readonly string[]).includes(algorithm)) throw new UsageError(`--algorithm must be one of ${SIGNATURE_ALGORITHMS.join(', ')}`);
       const ref = parseKeyRef(values.key);
-      const probe = await openSession(values);
-      const info = await probe.getKey(ref).finally(() => probe.close());
       const scheme = SCHEME_OF[algorithm as SignatureAlgorithm];
       const input = scheme.kind === 'ed25519' ? { message: Buffer.alloc(32, 7) } : { digest: Buffer.alloc(HASH_LENGTH[scheme.hash], 7) };
-      protocol = v1Protocol({ sign: { key: keyRefToMessage(ref), algorithm: signatureAlgorithmNumber(algorithm as SignatureAlgorithm), ...input } });
-      limitKey = { type: info.type as 'rsa' | 'ec' | 'ed25519', bits: info.bits ?? 0, curve: info.curve ?? '' };
-      label = `${algorithm} with ${info.name} (${info.backend}), ${sessions} sessions x ${inflight} in flight`;
+      if (cloudflare) {
+        const ski = skiFromFlag(values.key);
+        protocol = cloudflareBenchProtocol(OPCODE_OF[algorithm as SignatureAlgorithm], 'digest' in input ? input.digest! : input.message!, ski);
+        label = `${algorithm} over the Cloudflare protocol with SKI ${ski.toString('hex')}, ${sessions} sessions x ${inflight} in flight`;
+      } else {
+        const probe = await openSession(values);
+        const info = await probe.getKey(ref).finally(() => probe.close());
+        protocol = v1Protocol({ sign: { key: keyRefToMessage(ref), algorithm: signatureAlgorithmNumber(algorithm as SignatureAlgorithm), ...input } });
+        limitKey = { type: info.type as 'rsa' | 'ec' | 'ed25519', bits: info.bits ?? 0, curve: info.curve ?? '' };
+        label = `${algorithm} with ${info.name} (${info.backend}), ${sessions} sessions x ${inflight} in flight`;
+      }
     } else {
       throw new UsageError(`--operation must be sign or ping, got ${values.operation}`);
     }

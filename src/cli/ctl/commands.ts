@@ -10,6 +10,11 @@ import { CONNECTION_HELP, CONNECTION_OPTIONS, UsageError, openSession } from './
 import { parseHex, readInput, writeOutput } from './io';
 import { parseKeyRef } from './keyref';
 import type { keyless } from '../../gen/keyless';
+import { ERROR_NAMES, OPCODE_OF, connectCloudflare, skiFromFlag } from './cloudflare';
+import { Opcode } from '../../compat/request';
+import { Tag } from '../../compat/codec';
+import { SCHEME_OF } from '../../crypto/algorithms';
+import { hashMessage } from '../../crypto/hashes';
 
 export interface Command {
   readonly summary: string;
@@ -32,14 +37,22 @@ function keyLine(key: keyless.v1.KeyInfo.$Properties): string {
   return [key.name, key.type, size, Buffer.from(key.ski ?? []).toString('hex'), key.backend, key.decryptAllowed ? 'decrypt' : ''].join('\t');
 }
 
+const PROTOCOL_HELP = `  --protocol P       keyless.v1 (default) or cloudflare (the compatibility port; --server host:port, default 127.0.0.1:2407)`;
+
+function protocolOf(value: string | undefined): 'keyless.v1' | 'cloudflare' {
+  if (value === undefined || value === 'keyless.v1' || value === 'keyless') return 'keyless.v1';
+  if (value === 'cloudflare') return 'cloudflare';
+  throw new UsageError(`--protocol must be keyless.v1 or cloudflare, got ${value}`);
+}
+
 export const ping: Command = {
   summary: 'check that a server answers (round trip)',
-  help: `Usage: keylessctl ping [--count N]\n\n${CONNECTION_HELP}`,
+  help: `Usage: keylessctl ping [--count N] [--protocol keyless.v1|cloudflare]\n\n${PROTOCOL_HELP}\n${CONNECTION_HELP}`,
   async run(argv) {
-    const { values } = parse(argv, { ...CONNECTION_OPTIONS, count: { type: 'string', default: '1' } });
+    const { values } = parse(argv, { ...CONNECTION_OPTIONS, count: { type: 'string', default: '1' }, protocol: { type: 'string' } });
     const count = Number(values.count);
     if (!Number.isInteger(count) || count < 1) throw new UsageError(`--count must be a positive whole number, got ${values.count}`);
-    const session = await openSession(values);
+    const session = protocolOf(values.protocol) === 'cloudflare' ? await connectCloudflare(values) : await openSession(values);
     try {
       for (let i = 0; i < count; i++) {
         const started = process.hrtime.bigint();
@@ -112,6 +125,7 @@ export const sign: Command = {
   --message FILE   sign this message ('-' or no flag: standard input); the server hashes it
   --format F       hex (default), base64 or raw
   --out FILE       write the signature there instead of standard output
+${PROTOCOL_HELP} (--key must then be an SKI)
 
 ${CONNECTION_HELP}`,
   async run(argv) {
@@ -123,6 +137,7 @@ ${CONNECTION_HELP}`,
       message: { type: 'string' },
       format: { type: 'string', default: 'hex' },
       out: { type: 'string' },
+      protocol: { type: 'string' },
     });
     const ref = parseKeyRef(required(values.key, '--key'));
     const algorithm = required(values.algorithm, '--algorithm').toUpperCase();
@@ -130,7 +145,22 @@ ${CONNECTION_HELP}`,
       throw new UsageError(`unknown --algorithm ${values.algorithm}; choose one of ${SIGNATURE_ALGORITHMS.join(', ')}`);
     }
     if (values.digest !== undefined && values.message !== undefined) throw new UsageError('give --digest or --message, not both');
-    const input = values.digest !== undefined ? { digest: parseHex(values.digest, '--digest') } : { message: readInput(values.message, 'the message') };
+    const input: { digest: Buffer } | { message: Buffer } = values.digest !== undefined ? { digest: parseHex(values.digest, '--digest') } : { message: readInput(values.message, 'the message') };
+    if (protocolOf(values.protocol) === 'cloudflare') {
+      const ski = skiFromFlag(values.key!);
+      const scheme = SCHEME_OF[algorithm as SignatureAlgorithm];
+      // The Cloudflare protocol signs digests (Ed25519: the message); hash a message here.
+      const payload = 'digest' in input ? input.digest : scheme.kind === 'ed25519' ? input.message : hashMessage(scheme.hash, input.message);
+      const client = await connectCloudflare(values);
+      try {
+        const answer = await client.request(OPCODE_OF[algorithm as SignatureAlgorithm], payload, [[Tag.ski, ski]]);
+        if (answer.opcode === Opcode.error) throw new UsageError(`server answered error 0x${(answer.payload[0] ?? 0).toString(16).padStart(2, '0')} (${ERROR_NAMES[answer.payload[0] ?? 0] ?? 'unknown'})`);
+        writeOutput(answer.payload, values.format!, values.out);
+      } finally {
+        client.close();
+      }
+      return;
+    }
     const session = await openSession(values);
     try {
       writeOutput(await session.sign(ref, algorithm as SignatureAlgorithm, input), values.format!, values.out);

@@ -1,0 +1,79 @@
+import { CompatClient } from '../../compat/client';
+import type { BenchProtocol } from '../../bench/load';
+import { Tag, decodeFrame, encodeFrame, PADDED_LENGTH } from '../../compat/codec';
+import { Opcode } from '../../compat/request';
+import type { SignatureAlgorithm } from '../../crypto/algorithms';
+import { UsageError, sessionOptions, type ConnectionFlags } from './connection';
+
+/** keyless.v1 algorithm names → the Cloudflare protocol's sign opcodes. */
+export const OPCODE_OF: Readonly<Record<SignatureAlgorithm, number>> = {
+  RSA_PKCS1_MD5_SHA1: 0x02,
+  RSA_PKCS1_SHA1: 0x03,
+  RSA_PKCS1_SHA256: 0x05,
+  RSA_PKCS1_SHA384: 0x06,
+  RSA_PKCS1_SHA512: 0x07,
+  RSA_PSS_SHA256: 0x35,
+  RSA_PSS_SHA384: 0x36,
+  RSA_PSS_SHA512: 0x37,
+  ECDSA_SHA1: 0x13,
+  ECDSA_SHA256: 0x15,
+  ECDSA_SHA384: 0x16,
+  ECDSA_SHA512: 0x17,
+  ED25519: 0x18,
+};
+
+export const ERROR_NAMES: Readonly<Record<number, string>> = {
+  1: 'cryptography failure',
+  2: 'key not found',
+  3: 'read error',
+  4: 'version mismatch',
+  5: 'bad opcode',
+  6: 'unexpected opcode',
+  7: 'format error',
+  8: 'internal error',
+  9: 'certificate not found',
+  10: 'expired',
+  11: 'remote configuration error',
+};
+
+/** The compat port from --server (host:port; default 127.0.0.1:2407) with the usual credentials. */
+export function connectCloudflare(flags: ConnectionFlags): Promise<CompatClient> {
+  const server = flags.server ?? process.env.KEYLESS_SERVER ?? '127.0.0.1:2407';
+  const match = /^(?:[a-z]+:\/\/)?([^:/]+|\[[^\]]+\]):(\d+)\/?$/.exec(server);
+  if (!match) throw new UsageError(`--server must be host:port for --protocol cloudflare, got ${server}`);
+  const options = sessionOptions({ ...flags, server: `${match[1]}:${match[2]}` });
+  return CompatClient.connect({
+    host: match[1]!.replace(/^\[|\]$/g, ''),
+    port: Number(match[2]),
+    servername: flags.servername ?? (match[1] === '127.0.0.1' ? 'localhost' : match[1]),
+    ca: options.ca,
+    cert: options.cert,
+    key: options.key,
+  });
+}
+
+/** The compat protocol needs an SKI: it has no key names. */
+export function skiFromFlag(key: string): Buffer {
+  const hex = key.replace(/:/g, '');
+  if (!/^[0-9a-fA-F]{40}$/.test(hex)) throw new UsageError('--protocol cloudflare finds keys by SKI: give --key as 40 hex digits (keylessctl keys lists them)');
+  return Buffer.from(hex, 'hex');
+}
+
+/** Cloudflare-protocol frames for the load generator: the id sits at bytes 4-7 of the header. */
+export function cloudflareBenchProtocol(opcode: number, payload: Buffer, ski?: Buffer): BenchProtocol {
+  const template = encodeFrame(0, [[Tag.opcode, Buffer.from([opcode])], [Tag.payload, payload], ...(ski ? ([[Tag.ski, ski]] as Array<[number, Buffer]>) : [])], PADDED_LENGTH);
+  return {
+    frame(id) {
+      const frame = Buffer.from(template);
+      frame.writeUInt32BE(id >>> 0, 4);
+      return frame;
+    },
+    answer(data) {
+      const frame = decodeFrame(data);
+      const opcode = frame.items.get(Tag.opcode)?.[0];
+      const payload = frame.items.get(Tag.payload);
+      return { id: frame.id, outcome: opcode === Opcode.error ? `error 0x${(payload?.[0] ?? 0).toString(16).padStart(2, '0')}` : 'ok' };
+    },
+  };
+}
+

@@ -51,7 +51,7 @@ export const limitsSchema = z
     max_frame_bytes: positive('Largest WebSocket message accepted; a larger one closes the session with code 1009.', 65_536, 16 * 1024 * 1024),
     max_sessions: positive('Concurrent sessions (TLS connections) accepted; more are refused and counted.', 20_000, 1_000_000),
     max_send_buffer_bytes: positive('When this many response bytes wait unsent to a client that does not read, the daemon stops reading its requests until they drain.', 1_048_576, 1 << 30),
-    ping_interval_ms: positive('Interval of WebSocket pings on a session; a session that misses two is closed.', 30_000, 3_600_000),
+    ping_interval_ms: positive('Interval of WebSocket pings on a session; a session that has not answered the previous ping by the next one is closed.', 30_000, 3_600_000),
   })
   .strict();
 

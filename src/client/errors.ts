@@ -34,3 +34,11 @@ export function describeConnectError(err: NodeJS.ErrnoException, target: string,
   if (/Unexpected server response: (\d+)/.test(text)) return `${target} refused the WebSocket upgrade (${text}); check the path and that it speaks keyless.v1`;
   return `cannot open a session to ${target}: ${text}`;
 }
+
+/** The pool has `maxPending` requests outstanding already: refused at once instead of queueing without bound. */
+export class PoolBusyError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'PoolBusyError';
+  }
+}

@@ -29,6 +29,10 @@ export interface SessionOptions {
   readonly requestTimeoutMs?: number;
   /** For error messages only: where ca/cert came from. */
   readonly files?: { readonly ca?: string; readonly cert?: string };
+  /** A TLS session ticket from an earlier session to the same server, to skip the full handshake. */
+  readonly tlsSession?: Buffer;
+  /** Called with each TLS session ticket the server issues, for the next reconnect. */
+  readonly onTlsSession?: (ticket: Buffer) => void;
 }
 
 type RequestBody = Omit<keyless.v1.Request.$Properties, 'id'>;
@@ -68,10 +72,16 @@ export class KeylessSession extends EventEmitter {
         cert: options.cert,
         key: options.key,
         ...(options.servername ? { servername: options.servername } : {}),
+        ...(options.tlsSession ? { session: options.tlsSession } : {}),
         perMessageDeflate: false,
         handshakeTimeout: options.connectTimeoutMs ?? 10_000,
         maxPayload: 16 * 1024 * 1024,
       });
+      if (options.onTlsSession) {
+        // Tickets can arrive before the upgrade completes, so listen from the first byte.
+        const request = (ws as unknown as { _req: import('node:http').ClientRequest })._req;
+        request.once('socket', (socket) => socket.on('session', options.onTlsSession!));
+      }
       const fail = (err: NodeJS.ErrnoException) => {
         ws.removeAllListeners();
         ws.on('error', () => {});
@@ -127,6 +137,24 @@ export class KeylessSession extends EventEmitter {
 
   get inflight(): number {
     return this.pending.size;
+  }
+
+  get isOpen(): boolean {
+    return this.ws.readyState === WebSocket.OPEN;
+  }
+
+  /** Whether this session's TLS connection resumed an earlier one. */
+  get resumed(): boolean {
+    return this.tls.isSessionReused();
+  }
+
+  private get tls(): import('node:tls').TLSSocket {
+    return (this.ws as unknown as { _socket: import('node:tls').TLSSocket })._socket;
+  }
+
+  /** Drops the connection without a closing handshake (it is presumed dead). */
+  abort(): void {
+    this.ws.terminate();
   }
 
   close(): Promise<void> {

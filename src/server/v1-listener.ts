@@ -101,7 +101,7 @@ export class V1Listener {
   }
 
   closeSessions(): void {
-    for (const ws of this.sessions.keys()) ws.close(CloseCode.goingAway, 'server shutting down');
+    for (const session of this.sessions.values()) session.goAway(2000);
     this.server.closeAllConnections();
   }
 

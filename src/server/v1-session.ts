@@ -38,6 +38,7 @@ export class V1Session {
   }
 
   private onMessage(data: Buffer, isBinary: boolean): void {
+    if (this.stopped) return; // shutting down: not acknowledged, so the client retries elsewhere
     if (!isBinary) return this.closeForProtocolError('text_frame', CloseCode.protocolError, 'text frames are not part of keyless.v1');
     let request: RequestMessage;
     try {
@@ -101,6 +102,16 @@ export class V1Session {
   stopReading(): void {
     this.stopped = true;
     this.ws.pause();
+  }
+
+  /**
+   * Ends the session with 1001. Reading resumes so the client's close frame arrives
+   * (requests that come with it are ignored); a client that never answers is cut off.
+   */
+  goAway(graceMs: number): void {
+    this.ws.resume();
+    this.ws.close(CloseCode.goingAway, 'server shutting down');
+    setTimeout(() => this.ws.terminate(), graceMs).unref();
   }
 
   private closeForProtocolError(kind: string, code: number, reason: string): void {

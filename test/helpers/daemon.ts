@@ -44,8 +44,9 @@ function testConfig(extra: Record<string, unknown>, pki: TestPki): Config {
     tls: { cert: pki.files.serverCert, key: pki.files.serverKey, client_ca: pki.files.caCert, ...(extra.tls as object | undefined) },
     audit: { path: join(pki.dir, 'audit.log'), ...(extra.audit as object | undefined) },
   });
-  // Port 0 is not a valid config value for operators; tests need ephemeral ports.
-  return { ...config, listen: { ...config.listen, port: 0 }, metrics: { ...config.metrics, port: 0 }, compat: { ...config.compat, port: 0 } };
+  // Port 0 is not a valid config value for operators; tests need ephemeral ports unless they name one.
+  const fixedPort = (extra.listen as { port?: number } | undefined)?.port;
+  return { ...config, listen: { ...config.listen, port: fixedPort ?? 0 }, metrics: { ...config.metrics, port: 0 }, compat: { ...config.compat, port: 0 } };
 }
 
 /** A real daemon on 127.0.0.1 with ephemeral ports, configured from `extra` on top of a test PKI. */

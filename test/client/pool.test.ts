@@ -1,0 +1,111 @@
+import { createPublicKey, generateKeyPairSync, verify } from 'node:crypto';
+import { createServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { WebSocketServer } from 'ws';
+import { PoolBusyError } from '../../src/client/errors';
+import { KeylessPool } from '../../src/client/pool';
+import { TimeoutError } from '../../src/errors';
+import { makeTestPki, type TestPki } from '../helpers/pki';
+import { freePort } from '../helpers/ports';
+import { startDaemon, writeKeyDir, type RunningDaemon } from '../helpers/daemon';
+
+const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+const message = Buffer.from('pool');
+let pki: TestPki;
+let keys: string;
+
+beforeAll(async () => {
+  pki = await makeTestPki();
+  keys = writeKeyDir([{ name: 'k', key }]);
+});
+
+const serve = (port?: number) => startDaemon({ backends: [{ type: 'file', dir: keys }], ...(port ? { listen: { port } } : {}) }, pki);
+const pool = (urls: string[], extra: Partial<ConstructorParameters<typeof KeylessPool>[0]> = {}) =>
+  new KeylessPool({ servers: urls.map((url) => ({ url, servername: 'localhost' })), ca: Buffer.from(pki.ca.certPem), cert: Buffer.from(pki.client.certPem), key: Buffer.from(pki.client.keyPem), initialBackoffMs: 20, maxBackoffMs: 200, ...extra });
+const ok = (signature: Buffer) => verify('sha256', message, createPublicKey(key), signature);
+
+test('with one of two servers down, every request is served by the other and the dead one is set aside', async () => {
+  const up = await serve();
+  const down = `wss://127.0.0.1:${await freePort()}/v1`;
+  const client = pool([down, up.url], { failuresBeforeSetAside: 2 });
+  await client.ready();
+  const signatures = await Promise.all(Array.from({ length: 200 }, () => client.sign({ name: 'k' }, 'ECDSA_SHA256', { message })));
+  expect(signatures.every(ok)).toBe(true);
+  while (!client.status()[0]!.setAside) await new Promise((r) => setTimeout(r, 20));
+  expect(client.status()).toEqual([
+    { url: down, open: 0, setAside: true },
+    { url: up.url, open: 2, setAside: false },
+  ]);
+  await client.close();
+  await up.stop();
+});
+
+test('a server restarted under load: requests fail over to the other server, and the pool reconnects by itself', async () => {
+  const port = await freePort();
+  let first: RunningDaemon = await serve(port);
+  const second = await serve();
+  const client = pool([first.url, second.url], { setAsideMs: 300 });
+  await client.ready();
+  while (client.status().some((s) => s.open < 2)) await new Promise((r) => setTimeout(r, 20));
+  let stop = false;
+  const failures: unknown[] = [];
+  let served = 0;
+  const load = Array.from({ length: 8 }, async () => {
+    while (!stop) await client.sign({ name: 'k' }, 'ECDSA_SHA256', { message }).then((s) => (ok(s) ? served++ : failures.push('bad signature')), (e) => failures.push(e));
+  });
+  while (served < 200) await new Promise((r) => setTimeout(r, 5));
+  await first.stop();
+  const duringRestart = served;
+  while (served < duringRestart + 200) await new Promise((r) => setTimeout(r, 5));
+  first = await serve(port);
+  while (client.status()[0]!.open < 2) await new Promise((r) => setTimeout(r, 20));
+  stop = true;
+  await Promise.all(load);
+  expect(failures).toEqual([]);
+  await client.close();
+  await first.stop();
+  await second.stop();
+});
+
+test('a reconnect resumes the TLS session instead of a full handshake', async () => {
+  const server = await serve();
+  const client = pool([server.url], { sessionsPerServer: 1 });
+  await client.ready();
+  const slots = (client as unknown as { servers: Array<{ slots: Array<import('../../src/client/session').KeylessSession | undefined> }> }).servers[0]!.slots;
+  const firstSession = slots[0]!;
+  expect(firstSession.resumed).toBe(false);
+  await client.ping(Buffer.from('x')); // a round trip, so the TLS 1.3 ticket has arrived
+  firstSession.abort();
+  while (!slots[0] || slots[0] === firstSession || !slots[0].isOpen) await new Promise((r) => setTimeout(r, 10));
+  expect(slots[0].resumed).toBe(true);
+  await client.close();
+  await server.stop();
+});
+
+describe('against a server that never answers', () => {
+  let silent: { url: string; close(): void };
+  beforeAll(async () => {
+    const https = createServer({ cert: pki.server.certPem, key: pki.server.keyPem, ca: pki.ca.certPem, requestCert: true });
+    const wss = new WebSocketServer({ server: https, handleProtocols: () => 'keyless.v1' });
+    wss.on('connection', (ws) => ws.on('error', () => {}));
+    await new Promise<void>((r) => https.listen(0, '127.0.0.1', r));
+    silent = { url: `wss://127.0.0.1:${(https.address() as AddressInfo).port}/v1`, close: () => (wss.close(), https.close(), https.closeAllConnections()) };
+  });
+  afterAll(() => silent.close());
+
+  test('a request times out with TimeoutError', async () => {
+    const client = pool([silent.url], { requestTimeoutMs: 200 });
+    await client.ready();
+    await expect(client.ping()).rejects.toBeInstanceOf(TimeoutError);
+    await client.close();
+  });
+
+  test('beyond maxPending, calls fail at once with PoolBusyError instead of queueing', async () => {
+    const client = pool([silent.url], { requestTimeoutMs: 5000, maxPending: 5 });
+    await client.ready();
+    const hung = Array.from({ length: 5 }, () => client.ping().catch(() => undefined));
+    await expect(client.ping()).rejects.toBeInstanceOf(PoolBusyError);
+    await client.close();
+    await Promise.all(hung);
+  });
+});

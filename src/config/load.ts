@@ -60,7 +60,13 @@ export function parseYaml(text: string, file: string): Record<string, unknown> {
     const line = lineCounter.linePos(first.pos[0]).line;
     throw new ConfigError(line ? `${file}:${line}` : file, `not valid YAML: ${first.message.split('\n')[0]}`);
   }
-  const value = doc.toJS() as unknown;
+  let value: unknown;
+  try {
+    value = doc.toJS();
+  } catch (err) {
+    // e.g. an alias to an anchor that does not exist
+    throw new ConfigError(file, `not valid YAML: ${(err as Error).message}`);
+  }
   if (value === null || value === undefined) return {};
   if (typeof value !== 'object' || Array.isArray(value)) throw new ConfigError(file, 'expected a mapping of settings at the top level');
   return value as Record<string, unknown>;

@@ -175,7 +175,7 @@ export class Pkcs11Backend implements Backend {
       if (u.slotManufacturer !== undefined && trimmed(slotInfo.manufacturerID) !== u.slotManufacturer) continue;
       return slot;
     }
-    throw new ConfigError(this.field, `no token matches ${this.describeToken()} (tokens present: ${found.length ? found.map((l) => `"${l}"`).join(', ') : 'none'})`);
+    throw new ConfigError(this.field, `no token matches ${this.describeToken()} (tokens present: ${found.length ? found.sort().map((l) => `"${l}"`).join(', ') : 'none'})`);
   }
 
   /** Opens the pool's sessions and logs in once (the login is shared by all sessions of the process). */

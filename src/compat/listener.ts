@@ -4,10 +4,9 @@ import { toKeylessError } from '../errors';
 import type { KeyRef } from '../keys/registry';
 import type { Logger } from '../log';
 import type { Metrics } from '../metrics/metrics';
-import { identityFromCertificate } from '../policy/identity';
 import type { Dispatcher } from '../server/dispatcher';
-import { nextSessionId, type SessionInfo } from '../server/session-info';
-import { handshakeFailureReason } from '../server/tls';
+import { sessionFor, type SessionInfo } from '../server/session-info';
+import { guardTlsServer } from '../server/tls';
 import { CompatFormatError, ErrorByte, FrameReader, Tag, decodeFrame, encodeFrame } from './codec';
 import { ERROR_BYTE, Opcode, interpretFrame, type CompatRequest } from './request';
 
@@ -45,13 +44,7 @@ export class CompatListener {
     private readonly logger: Logger,
   ) {
     this.server = createServer(options.tls, (socket) => this.serve(socket));
-    this.server.maxConnections = options.maxSessions;
-    this.server.on('drop', () => this.metrics.connectionsRefused.inc({ listener: LISTENER, reason: 'max_sessions' }));
-    this.server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => {
-      const reason = handshakeFailureReason(err, socket.authorizationError);
-      this.metrics.handshakeFailures.inc({ listener: LISTENER, reason });
-      this.logger.info({ listener: LISTENER, peer: `${socket.remoteAddress}:${socket.remotePort}`, reason }, 'TLS handshake failed');
-    });
+    guardTlsServer(this.server, LISTENER, options.maxSessions, metrics, logger);
   }
 
   async start(): Promise<AddressInfo> {
@@ -80,19 +73,11 @@ export class CompatListener {
   }
 
   private serve(socket: TLSSocket): void {
-    socket.disableRenegotiation();
-    const certificate = socket.getPeerX509Certificate();
-    if (this.draining || !certificate) {
+    const session = this.draining ? undefined : sessionFor(socket, LISTENER);
+    if (!session) {
       socket.destroy();
       return;
     }
-    const session: SessionInfo = {
-      id: nextSessionId(),
-      listener: LISTENER,
-      peer: `${socket.remoteAddress}:${socket.remotePort}`,
-      identity: identityFromCertificate(certificate),
-      inflight: 0,
-    };
     this.sockets.add(socket);
     this.metrics.sessionsOpened.inc({ listener: LISTENER });
     this.metrics.sessionsActive.inc({ listener: LISTENER });

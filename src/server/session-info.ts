@@ -1,4 +1,5 @@
-import type { ClientIdentity } from '../policy/identity';
+import type { TLSSocket } from 'node:tls';
+import { identityFromCertificate, type ClientIdentity } from '../policy/identity';
 import type { Membership, Policy } from '../policy/policy';
 
 export type ListenerName = 'keyless.v1' | 'cloudflare';
@@ -32,4 +33,17 @@ let sessionCounter = 0;
 export function nextSessionId(): string {
   sessionCounter += 1;
   return `${process.pid.toString(36)}-${sessionCounter.toString(36)}`;
+}
+
+/** The session of an authenticated TLS connection; undefined when it carries no client certificate. */
+export function sessionFor(socket: TLSSocket, listener: ListenerName): SessionInfo | undefined {
+  const certificate = socket.getPeerX509Certificate();
+  if (!certificate) return undefined;
+  return {
+    id: nextSessionId(),
+    listener,
+    peer: `${socket.remoteAddress}:${socket.remotePort}`,
+    identity: identityFromCertificate(certificate),
+    inflight: 0,
+  };
 }

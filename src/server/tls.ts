@@ -1,6 +1,9 @@
 import { X509Certificate, createPrivateKey, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import type { TlsOptions } from 'node:tls';
+import type { Server, TLSSocket, TlsOptions } from 'node:tls';
+import type { Logger } from '../log';
+import type { Metrics } from '../metrics/metrics';
+import type { ListenerName } from './session-info';
 import { ConfigError } from '../errors';
 
 /** TLS 1.2 suites allowed where 1.2 is enabled: forward secret (ECDHE) and AEAD only. */
@@ -100,4 +103,19 @@ export function handshakeFailureReason(
   if (/UNKNOWN_CA|UNABLE_TO_GET_ISSUER|UNABLE_TO_VERIFY|SELF_SIGNED|CERTIFICATE_VERIFY_FAILED|unable to verify|LOCAL_ISSUER/i.test(text)) return 'unknown_ca';
   if (/HANDSHAKE_TIMEOUT|timed? ?out/i.test(text)) return 'timeout';
   return 'other';
+}
+
+/**
+ * What every listener does with its TLS server: cap concurrent connections and count the
+ * refusals, classify and count failed handshakes, and forbid renegotiation.
+ */
+export function guardTlsServer(server: Server, listener: ListenerName, maxSessions: number, metrics: Metrics, logger: Logger): void {
+  server.maxConnections = maxSessions;
+  server.on('drop', () => metrics.connectionsRefused.inc({ listener, reason: 'max_sessions' }));
+  server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => {
+    const reason = handshakeFailureReason(err, socket.authorizationError);
+    metrics.handshakeFailures.inc({ listener, reason });
+    logger.info({ listener, peer: `${socket.remoteAddress}:${socket.remotePort}`, reason, error: String(socket.authorizationError ?? err.code ?? err.message) }, 'TLS handshake failed');
+  });
+  server.on('secureConnection', (socket: TLSSocket) => socket.disableRenegotiation());
 }

@@ -5,9 +5,8 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import type { Logger } from '../log';
 import type { Metrics } from '../metrics/metrics';
 import type { Dispatcher } from './dispatcher';
-import { identityFromCertificate } from '../policy/identity';
-import { nextSessionId, type SessionInfo } from './session-info';
-import { handshakeFailureReason } from './tls';
+import { sessionFor } from './session-info';
+import { guardTlsServer } from './tls';
 import { CloseCode, V1Session } from './v1-session';
 
 export const SUBPROTOCOL = 'keyless.v1';
@@ -45,14 +44,7 @@ export class V1Listener {
     this.server = createServer(options.tls, (_req, res) => {
       res.writeHead(426, { 'content-type': 'text/plain', upgrade: 'websocket' }).end(`keyless.v1 is spoken over a WebSocket on ${options.path}\n`);
     });
-    this.server.maxConnections = options.maxSessions;
-    this.server.on('drop', () => this.metrics.connectionsRefused.inc({ listener: LISTENER, reason: 'max_sessions' }));
-    this.server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => {
-      const reason = handshakeFailureReason(err, socket.authorizationError);
-      this.metrics.handshakeFailures.inc({ listener: LISTENER, reason });
-      this.logger.info({ listener: LISTENER, peer: `${socket.remoteAddress}:${socket.remotePort}`, reason, error: String(socket.authorizationError ?? err.code ?? err.message) }, 'TLS handshake failed');
-    });
-    this.server.on('secureConnection', (socket: TLSSocket) => socket.disableRenegotiation());
+    guardTlsServer(this.server, LISTENER, options.maxSessions, metrics, logger);
     this.wss = new WebSocketServer({ noServer: true, maxPayload: options.maxFrameBytes, perMessageDeflate: false, clientTracking: false });
     this.server.on('upgrade', (req, socket: Socket, head) => {
       const offered = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim());
@@ -111,24 +103,17 @@ export class V1Listener {
       ws.close(CloseCode.goingAway, 'server shutting down');
       return;
     }
-    const certificate = socket.getPeerX509Certificate();
-    if (!certificate) {
+    const info = sessionFor(socket, LISTENER);
+    if (!info) {
       ws.close(CloseCode.protocolError, 'no client certificate');
       return;
     }
-    const info: SessionInfo = {
-      id: nextSessionId(),
-      listener: LISTENER,
-      peer: `${socket.remoteAddress}:${socket.remotePort}`,
-      identity: identityFromCertificate(certificate),
-      inflight: 0,
-    };
     const session = new V1Session(ws, info, this.dispatcher, this.metrics, this.logger, this.options.maxSendBufferBytes);
     this.sessions.set(ws, session);
     this.alive.add(ws);
     this.metrics.sessionsOpened.inc({ listener: LISTENER });
     this.metrics.sessionsActive.inc({ listener: LISTENER });
-    this.logger.debug({ session: info.id, peer: info.peer, subject: certificate.subject }, 'session opened');
+    this.logger.debug({ session: info.id, peer: info.peer, subject: info.identity.subject }, 'session opened');
     ws.on('pong', () => this.alive.add(ws));
     ws.on('error', (err: Error & { code?: string }) => {
       // ws closes the connection itself after an error (1009 for a frame over maxPayload).

@@ -1,13 +1,14 @@
-import { constants, createPublicKey, publicDecrypt, publicEncrypt, randomBytes, verify, type KeyObject } from 'node:crypto';
+import { constants, createPublicKey, publicEncrypt, randomBytes, verify, type KeyObject } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { SCHEME_OF, SIGNATURE_ALGORITHMS, keyTypeOf, type SignatureAlgorithm } from '../../src/crypto/algorithms';
-import { HASH_LENGTH, hashMessage } from '../../src/crypto/hashes';
+import { SCHEME_OF, SIGNATURE_ALGORITHMS, keyTypeOf } from '../../src/crypto/algorithms';
+import { hashMessage } from '../../src/crypto/hashes';
 import type { KeylessSession } from '../../src/client/session';
 import { RemoteError } from '../../src/client/errors';
 import { pb, encodeRequest, decodeResponse } from '../../src/protocol/v1';
+import { verifies } from '../helpers/verify';
 import { generateKey, startDaemon, writeKeyDir, type RunningDaemon, type TestKeySpec } from '../helpers/daemon';
 
 const SPECS: TestKeySpec[] = [
@@ -33,26 +34,6 @@ afterAll(async () => {
   await session.close();
   await server.stop();
 });
-
-/** Checks a signature the way a TLS peer would, with node's own verifier. */
-function verifies(algorithm: SignatureAlgorithm, key: KeyObject, message: Buffer, signature: Buffer): boolean {
-  const scheme = SCHEME_OF[algorithm];
-  const publicKey = createPublicKey(key);
-  switch (scheme.kind) {
-    case 'ed25519':
-      return verify(null, message, publicKey, signature);
-    case 'ecdsa':
-      return scheme.hash === 'md5-sha1' ? false : verify(scheme.hash, message, publicKey, signature);
-    case 'rsa-pss':
-      return verify(scheme.hash, message, { key: publicKey, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: HASH_LENGTH[scheme.hash] }, signature);
-    case 'rsa-pkcs1':
-      if (scheme.hash === 'md5-sha1') {
-        // No DigestInfo: the recovered block is exactly MD5 || SHA-1 of the message.
-        return publicDecrypt({ key: publicKey, padding: constants.RSA_PKCS1_PADDING }, signature).equals(hashMessage('md5-sha1', message));
-      }
-      return verify(scheme.hash, message, publicKey, signature);
-  }
-}
 
 const cases = SPECS.flatMap((spec) =>
   SIGNATURE_ALGORITHMS.filter((alg) => keyTypeOf(SCHEME_OF[alg]) === spec.type).flatMap((alg) =>

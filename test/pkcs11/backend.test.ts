@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { constants, createPublicKey, generateKeyPairSync, publicDecrypt, publicEncrypt, randomBytes, verify, type KeyObject } from 'node:crypto';
+import { constants, createPublicKey, generateKeyPairSync, publicEncrypt, randomBytes, verify, type KeyObject } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as pkcs11js from 'pkcs11js';
@@ -7,12 +7,13 @@ import { Pkcs11Backend, pkcs11BackendSchema } from '../../backends/pkcs11';
 import { CKM_EDDSA } from '../../backends/pkcs11/key';
 import { loadModule } from '../../backends/pkcs11/module';
 import type { KeylessSession } from '../../src/client/session';
-import { SCHEME_OF, SIGNATURE_ALGORITHMS, keyTypeOf, type SignatureAlgorithm } from '../../src/crypto/algorithms';
-import { HASH_LENGTH, hashMessage } from '../../src/crypto/hashes';
+import { SCHEME_OF, SIGNATURE_ALGORITHMS, keyTypeOf } from '../../src/crypto/algorithms';
+import { hashMessage } from '../../src/crypto/hashes';
 import { describePublicKey } from '../../src/crypto/keyid';
 import { ConfigError } from '../../src/errors';
 import { createLogger } from '../../src/log';
 import { startDaemon, type RunningDaemon } from '../helpers/daemon';
+import { verifies } from '../helpers/verify';
 
 // One token for the whole file: the PKCS#11 module is process-global and reads SOFTHSM2_CONF once.
 const MODULE = '/usr/lib/softhsm/libsofthsm2.so';
@@ -52,15 +53,6 @@ afterAll(async () => {
   await session.close();
   await server.stop();
 });
-
-function verifies(algorithm: SignatureAlgorithm, key: KeyObject, message: Buffer, signature: Buffer): boolean {
-  const scheme = SCHEME_OF[algorithm];
-  const publicKey = createPublicKey(key);
-  if (scheme.kind === 'ed25519') return verify(null, message, publicKey, signature);
-  if (scheme.kind === 'rsa-pss') return verify(scheme.hash, message, { key: publicKey, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: HASH_LENGTH[scheme.hash] }, signature);
-  if (scheme.hash === 'md5-sha1') return publicDecrypt({ key: publicKey, padding: constants.RSA_PKCS1_PADDING }, signature).equals(hashMessage('md5-sha1', message));
-  return verify(scheme.hash, message, publicKey, signature);
-}
 
 const cases = Object.keys(KEYS).flatMap((name) => {
   const type = describePublicKey(createPublicKey(KEYS[name]!).export({ format: 'der', type: 'spki' })).type;

@@ -125,6 +125,8 @@ function resolvePaths(config: Config, baseDir: string): Config {
           };
         case 'pkcs11':
           return backend; // RFC 7512 requires absolute paths in the URI itself
+        case 'cng':
+          return { ...backend, shim_path: maybe(backend.shim_path) };
       }
     }),
   };

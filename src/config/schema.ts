@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { fileBackendSchema } from '../../backends/file/schema';
 import { pkcs11BackendSchema } from '../../backends/pkcs11/schema';
+import { cngBackendSchema } from '../../backends/cng/schema';
 import { auditSchema } from '../audit/schema';
 import { LOG_LEVELS } from '../log';
 import { defaultPolicySchema, groupSchema, keyPolicySchema } from '../policy/schema';
@@ -82,7 +83,7 @@ export const keyOptionsSchema = z
   })
   .strict();
 
-export const backendSchema = z.discriminatedUnion('type', [fileBackendSchema, pkcs11BackendSchema]);
+export const backendSchema = z.discriminatedUnion('type', [fileBackendSchema, pkcs11BackendSchema, cngBackendSchema]);
 
 export const configSchema = z
   .object({

@@ -1,0 +1,179 @@
+import { join } from 'node:path';
+import { describePublicKey } from '../../src/crypto/keyid';
+import { BackendUnavailableError, ConfigError } from '../../src/errors';
+import type { Backend, SkippedKey } from '../../src/keys/types';
+import type { Logger } from '../../src/log';
+import { packageRoot } from '../../src/util/package-root';
+import { CngHash, CngOperation, CngPadding, CngStatus, type CngResponse } from './codec';
+import { CngKey } from './key';
+import { spkiFromPublicBlob } from './public-blob';
+import type { CngBackendConfig, CngKeyConfig } from './schema';
+import { ShimProcess, type ShimCommand, type ShimRequest } from './shim-process';
+import { describeFailure, operationError } from './status';
+
+/** Test seams. Production passes none. */
+export interface CngBackendHooks {
+  /** Extra shim arguments, e.g. `--allow-test-import`. */
+  readonly shimArgs?: readonly string[];
+  /**
+   * Runs against every new shim before it serves, after it answered a ping. Tests import
+   * their keys here, since under Wine no key persists across shim lives.
+   */
+  readonly prepare?: (call: (request: ShimRequest) => Promise<CngResponse>) => Promise<void>;
+}
+
+/** A fresh shim may be Wine booting a prefix; give its first answer longer than one operation. */
+const START_TIMEOUT_MS = 60_000;
+/** stdin closed, the shim answers what it holds and exits; past this it is killed. */
+const CLOSE_GRACE_MS = 5_000;
+const FIRST_BACKOFF_MS = 100;
+const MAX_BACKOFF_MS = 30_000;
+/** A shim that served this long before dying restarts without accumulated backoff. */
+const STABLE_MS = 30_000;
+
+const PING: ShimRequest = { operation: CngOperation.ping, keyName: '', machine: false, padding: CngPadding.none, hash: CngHash.none, payload: Buffer.alloc(0) };
+
+export function defaultShimPath(): string {
+  return join(packageRoot(), 'backends', 'cng', 'shim', 'keyless-cng-shim.exe');
+}
+
+/**
+ * Keys in a Windows CNG key storage provider, used through keyless-cng-shim.exe, a child
+ * process speaking the frame protocol of codec.ts. If the shim dies, requests in flight
+ * and new ones get BACKEND_UNAVAILABLE while a new shim starts, with backoff when it
+ * keeps dying; service resumes once the new one answers.
+ */
+export class CngBackend implements Backend {
+  readonly kind = 'cng' as const;
+  readonly name: string;
+  readonly timeoutMs: number;
+  private readonly command: ShimCommand;
+  private shim?: ShimProcess;
+  private up = false;
+  private closed = false;
+  private backoffMs = FIRST_BACKOFF_MS;
+  private upSince = 0;
+  private retry?: NodeJS.Timeout;
+
+  constructor(
+    private readonly config: CngBackendConfig,
+    private readonly logger: Logger,
+    private readonly hooks: CngBackendHooks = {},
+  ) {
+    this.name = config.name;
+    this.timeoutMs = config.timeout_ms;
+    const shimPath = config.shim_path ?? defaultShimPath();
+    const args = ['--provider', config.provider, '--workers', String(config.workers), ...(hooks.shimArgs ?? [])];
+    this.command = config.wine ? { file: 'wine', args: [shimPath, ...args] } : { file: shimPath, args };
+  }
+
+  async open(): Promise<{ keys: CngKey[]; skipped: SkippedKey[] }> {
+    if (!this.shim) await this.startFirst();
+    const loaded = await Promise.all(this.config.keys.map((key) => this.loadKey(key)));
+    const keys = loaded.filter((k): k is CngKey => k instanceof CngKey);
+    const skipped = loaded.filter((k): k is SkippedKey => !(k instanceof CngKey));
+    for (const s of skipped) this.logger.warn({ backend: this.name, key: s.source, reason: s.reason }, `skipping CNG key ${s.source}: ${s.reason}`);
+    return { keys, skipped };
+  }
+
+  healthy(): boolean {
+    return this.up;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.up = false;
+    clearTimeout(this.retry);
+    await this.shim?.close(CLOSE_GRACE_MS);
+  }
+
+  /** One operation with a key; resolves with the shim's result bytes. */
+  async run(key: CngKey, request: Omit<ShimRequest, 'keyName' | 'machine'>, what: string): Promise<Buffer> {
+    const response = await this.call({ ...request, keyName: key.keyName, machine: key.machine }, what);
+    if ('data' in response) return response.data;
+    throw operationError(response.status, response.code, response.message, what);
+  }
+
+  private call(request: ShimRequest, what: string): Promise<CngResponse> {
+    if (!this.up || !this.shim) return Promise.reject(new BackendUnavailableError(`${what}: backend ${this.name} is restarting its CNG shim`));
+    return this.shim.call(request, this.timeoutMs, what);
+  }
+
+  private async startFirst(): Promise<void> {
+    try {
+      this.serve(await this.launch());
+    } catch (err) {
+      throw new ConfigError(`backends.${this.name}.shim_path`, `the CNG shim did not start: ${(err as Error).message}`);
+    }
+  }
+
+  /** A new shim that has answered a ping and been prepared; not yet serving. */
+  private async launch(): Promise<ShimProcess> {
+    const shim = new ShimProcess(this.command, this.logger);
+    void shim.exited.then((reason) => this.onExit(shim, reason));
+    try {
+      const pong = await shim.call(PING, START_TIMEOUT_MS, 'starting the CNG shim');
+      if (pong.status !== CngStatus.ok) throw new Error(`the shim answered its first ping with status ${pong.status}`);
+      await this.hooks.prepare?.((request) => shim.call(request, START_TIMEOUT_MS, 'preparing the CNG shim'));
+    } catch (err) {
+      shim.kill('failed to start');
+      throw err;
+    }
+    if (!shim.alive) throw new BackendUnavailableError('the CNG shim died while starting');
+    return shim;
+  }
+
+  private serve(shim: ShimProcess): void {
+    this.shim = shim;
+    this.up = true;
+    this.upSince = Date.now();
+  }
+
+  private onExit(shim: ShimProcess, reason: string): void {
+    if (shim !== this.shim || this.closed) return;
+    this.up = false;
+    this.shim = undefined;
+    if (Date.now() - this.upSince >= STABLE_MS) this.backoffMs = FIRST_BACKOFF_MS;
+    this.logger.error({ backend: this.name, reason, retry_ms: this.backoffMs }, `the CNG shim ${reason}; restarting it`);
+    this.scheduleRestart();
+  }
+
+  private scheduleRestart(): void {
+    const delay = this.backoffMs;
+    this.backoffMs = Math.min(this.backoffMs * 2, MAX_BACKOFF_MS);
+    this.retry = setTimeout(() => void this.restart(), delay);
+  }
+
+  private async restart(): Promise<void> {
+    try {
+      const shim = await this.launch();
+      if (this.closed) return void (await shim.close(CLOSE_GRACE_MS));
+      this.serve(shim);
+      this.logger.info({ backend: this.name, pid: shim.pid }, 'the CNG shim is back; serving again');
+    } catch (err) {
+      if (this.closed) return;
+      this.logger.error({ backend: this.name, err: (err as Error).message, retry_ms: this.backoffMs }, 'the CNG shim did not restart');
+      this.scheduleRestart();
+    }
+  }
+
+  private async loadKey(key: CngKeyConfig): Promise<CngKey | SkippedKey> {
+    const source = `${key.machine ? 'machine' : 'user'} key "${key.key_name}"`;
+    try {
+      const response = await this.call({ ...PING, operation: CngOperation.publicKey, keyName: key.key_name, machine: key.machine }, `opening CNG ${source}`);
+      if (!('data' in response)) {
+        const provider = `provider "${this.config.provider}"`;
+        const reason = response.status === CngStatus.keyNotFound ? describeFailure(response.code, `no such key in ${provider}`) : `${provider} cannot open it: ${describeFailure(response.code, response.message)}`;
+        return { source, reason };
+      }
+      const publicKey = describePublicKey(spkiFromPublicBlob(response.data));
+      return new CngKey(key.name ?? key.key_name, this, publicKey, key.key_name, key.machine);
+    } catch (err) {
+      return { source, reason: (err as Error).message };
+    }
+  }
+}
+
+export function createCngBackend(config: CngBackendConfig, logger: Logger, hooks?: CngBackendHooks): CngBackend {
+  return new CngBackend(config, logger, hooks);
+}

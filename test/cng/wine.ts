@@ -1,0 +1,34 @@
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { defaultShimPath } from '../../backends/cng';
+
+/** Why the Wine tier cannot run here, or undefined when it can. */
+export function wineMissing(): string | undefined {
+  if (spawnSync('wine', ['--version'], { stdio: 'ignore' }).status !== 0) return 'wine is not installed';
+  if (!existsSync(defaultShimPath())) return `${defaultShimPath()} is not built (scripts/build-cng-shim.sh)`;
+  return undefined;
+}
+
+function run(command: string, args: string[], timeoutMs: number): void {
+  // stdio ignored: Wine's background services inherit it and would hold pipes open.
+  const result = spawnSync(command, args, { env: process.env, stdio: 'ignore', timeout: timeoutMs });
+  if (result.status !== 0) throw new Error(`${command} ${args.join(' ')} failed: ${result.error?.message ?? `exit ${result.status}, signal ${result.signal}`}`);
+}
+
+/**
+ * A fresh WINEPREFIX for this test file, a persistent wineserver and a booted prefix
+ * (the slow part, 5-60 s), so each shim start after it takes well under a second.
+ * Returns the teardown: the wineserver and every Wine process of the prefix stop.
+ */
+export function startWine(): () => void {
+  const prefix = mkdtempSync(join(tmpdir(), 'keylessd-wine-'));
+  Object.assign(process.env, { WINEPREFIX: prefix, WINEDEBUG: '-all', WINEDLLOVERRIDES: 'mscoree,mshtml=' });
+  run('wineserver', ['-p'], 30_000);
+  run('wine', ['wineboot', '--init'], 180_000);
+  return () => {
+    spawnSync('wineserver', ['-k'], { env: process.env, stdio: 'ignore', timeout: 30_000 });
+    rmSync(prefix, { recursive: true, force: true });
+  };
+}

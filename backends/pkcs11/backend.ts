@@ -1,16 +1,14 @@
-import { X509Certificate } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import * as pkcs11js from 'pkcs11js';
-import { describePublicKey } from '../../src/crypto/keyid';
-import { BackendUnavailableError, ConfigError, CryptoFailureError, UnsupportedError } from '../../src/errors';
+import { BackendUnavailableError, ConfigError, CryptoFailureError, KeyNotFoundError, KeylessError, TimeoutError, UnsupportedError } from '../../src/errors';
 import type { Backend, SkippedKey } from '../../src/keys/types';
 import type { Logger } from '../../src/log';
 import { Pkcs11Key } from './key';
-import { ckrCode, ckrName, loadModule } from './module';
+import { ckrCode, ckrName, initialize, loadModule } from './module';
 import { resolvePin } from './pin';
-import { ecSpki, rsaSpki } from './public-key';
 import type { Pkcs11BackendConfig } from './schema';
-import { SessionPool, type Lease } from './session-pool';
+import { SessionPool } from './session-pool';
+import { TokenObjects, type FoundKey } from './token-objects';
 import { parsePkcs11Uri, type Pkcs11Uri } from './uri';
 
 /** Errors after which the sessions (or the token) are gone: the backend goes down and recovers. */
@@ -27,6 +25,8 @@ const FAULTS = new Set([
   pkcs11js.CKR_KEY_HANDLE_INVALID,
   pkcs11js.CKR_OBJECT_HANDLE_INVALID,
   pkcs11js.CKR_GENERAL_ERROR,
+  // A session stuck in an unfinished operation: only fresh sessions cure it.
+  pkcs11js.CKR_OPERATION_ACTIVE,
 ]);
 /**
  * The token will not do this mechanism (or these parameters) with this key. Inputs are
@@ -42,6 +42,7 @@ const UNSUPPORTED = new Set([
 ]);
 /** Where module-name=NAME is looked for. */
 const MODULE_DIRS = ['/usr/lib/x86_64-linux-gnu', '/usr/lib/x86_64-linux-gnu/pkcs11', '/usr/lib', '/usr/lib/pkcs11', '/usr/local/lib', '/usr/lib/softhsm'];
+const FIRST_BACKOFF_MS = 100;
 const MAX_BACKOFF_MS = 30_000;
 
 const trimmed = (text: string) => text.replace(/[\s\0]+$/, '');
@@ -50,26 +51,26 @@ const ulong = (handle: pkcs11js.Handle) => Number(handle.readBigUInt64LE(0));
 /**
  * Keys on a PKCS#11 token. One session per operation from a pool; the hot path makes
  * only C_SignInit/C_DecryptInit synchronously (they do no cryptography) and the
- * operation itself asynchronously, so the event loop never waits on the token. A fault
- * (sessions invalidated, token removed, logged out) takes the backend down: requests get
- * BACKEND_UNAVAILABLE at once while it reconnects by itself with backoff.
+ * operation itself asynchronously, so the event loop never waits on the token's
+ * cryptography. A fault (sessions invalidated, token removed, logged out, module
+ * finalized) takes the backend down: requests get BACKEND_UNAVAILABLE at once while it
+ * reconnects by itself with exponential backoff.
  */
 export class Pkcs11Backend implements Backend {
   readonly kind = 'pkcs11' as const;
   readonly name: string;
   readonly timeoutMs: number;
   private readonly uri: Pkcs11Uri;
+  /** The config field errors name. */
   private readonly field: string;
-  private module!: pkcs11js.PKCS11;
-  private slot!: pkcs11js.Handle;
+  private module?: pkcs11js.PKCS11;
   private pin?: string;
   private mechanisms = new Set<number>();
-  private sessions: pkcs11js.Handle[] = [];
   private readonly pool: SessionPool;
   private keys: Pkcs11Key[] = [];
   private up = false;
   private closed = false;
-  private backoffMs = 100;
+  private backoffMs = FIRST_BACKOFF_MS;
   private retry?: NodeJS.Timeout;
 
   constructor(
@@ -80,19 +81,21 @@ export class Pkcs11Backend implements Backend {
     this.timeoutMs = config.timeout_ms;
     this.field = `backends.${config.name}.uri`;
     this.uri = parsePkcs11Uri(config.uri);
-    this.pool = new SessionPool(config.max_queue);
+    this.pool = new SessionPool(config.max_queue, (session) => this.closeSession(session));
   }
 
+  /** Connects (or, on reload, reconnects) and lists the keys; sessions busy with a request finish first. */
   async open(): Promise<{ keys: Pkcs11Key[]; skipped: SkippedKey[] }> {
-    this.module = this.loadModule();
+    this.closed = false;
+    this.module ??= this.loadModule();
     this.pin = resolvePin(this.uri, this.field);
-    this.slot = this.findSlot();
-    this.connect();
-    const { keys, skipped } = this.discover();
-    this.keys = keys;
+    clearTimeout(this.retry);
+    const { found, skipped } = this.connect(this.module);
+    this.keys = found.map((k) => new Pkcs11Key(k.name, this, k.publicKey, k.id, k.object));
     for (const s of skipped) this.logger.warn({ backend: this.name, object: s.source, reason: s.reason }, `skipping PKCS#11 object ${s.source}: ${s.reason}`);
     this.up = true;
-    return { keys, skipped };
+    this.backoffMs = FIRST_BACKOFF_MS;
+    return { keys: this.keys, skipped };
   }
 
   healthy(): boolean {
@@ -103,33 +106,46 @@ export class Pkcs11Backend implements Backend {
     this.closed = true;
     this.up = false;
     clearTimeout(this.retry);
-    this.pool.clear(new BackendUnavailableError(`backend ${this.name} is closed`));
-    this.closeSessions();
+    this.pool.retire(new BackendUnavailableError(`backend ${this.name} is closed`));
   }
 
   /** One operation on one pooled session. */
   async run(key: Pkcs11Key, operation: 'sign' | 'decrypt', mechanism: pkcs11js.Mechanism, data: Buffer, outputLength: number): Promise<Buffer> {
-    if (!this.up) throw new BackendUnavailableError(`backend ${this.name} is reconnecting to its token`);
+    if (!this.up) throw new BackendUnavailableError(`backend ${this.name} is reconnecting to its token; retry on another server`);
     if (!this.mechanisms.has(mechanism.mechanism)) throw new UnsupportedError(`the token behind backend ${this.name} does not offer mechanism 0x${mechanism.mechanism.toString(16)} for key ${key.name}`);
-    const lease = await this.pool.acquire();
+    const session = this.pool.take() ?? (await this.waitForSession(`${operation} with key ${key.name}`));
+    const module = this.module!;
     try {
+      const object = key.object;
+      if (!object) throw new KeyNotFoundError(`key ${key.name} is no longer on the token of backend ${this.name}`);
       if (operation === 'sign') {
-        this.module.C_SignInit(lease.session, mechanism, key.object);
-        return await this.module.C_SignAsync(lease.session, data, Buffer.alloc(outputLength));
+        module.C_SignInit(session, mechanism, object);
+        return await module.C_SignAsync(session, data, Buffer.alloc(outputLength));
       }
-      this.module.C_DecryptInit(lease.session, mechanism, key.object);
-      return await this.module.C_DecryptAsync(lease.session, data, Buffer.alloc(outputLength));
+      module.C_DecryptInit(session, mechanism, object);
+      return await module.C_DecryptAsync(session, data, Buffer.alloc(outputLength));
     } catch (err) {
-      throw this.failure(err, lease, `${operation} with key ${key.name}`);
+      throw this.failure(err, session, `${operation} with key ${key.name}`);
     } finally {
-      if (this.up) this.pool.release(lease);
+      this.pool.release(session);
     }
   }
 
-  private failure(err: unknown, _lease: Lease, what: string): Error {
+  private async waitForSession(what: string): Promise<pkcs11js.Handle> {
+    const queuedAt = Date.now();
+    const session = await this.pool.wait();
+    if (Date.now() - queuedAt < this.timeoutMs) return session;
+    // The dispatcher has answered TIMEOUT already: spare the token the work.
+    this.pool.release(session);
+    throw new TimeoutError(`${what} waited ${this.timeoutMs} ms for a PKCS#11 session`);
+  }
+
+  private failure(err: unknown, session: pkcs11js.Handle, what: string): KeylessError {
+    if (err instanceof KeylessError) return err;
     const code = ckrCode(err);
     if (code !== undefined && FAULTS.has(code)) {
-      this.down(`${what} failed with ${ckrName(err)}`);
+      // A session retired by an earlier fault reports that fault again: no second recovery.
+      if (this.pool.isInService(session)) this.down(`${what} failed with ${ckrName(err)}`);
       return new BackendUnavailableError(`backend ${this.name} lost its token (${ckrName(err)}); retry on another server`);
     }
     if (code !== undefined && UNSUPPORTED.has(code)) return new UnsupportedError(`${what}: the token does not support this mechanism or its parameters (${ckrName(err)})`);
@@ -145,10 +161,28 @@ export class Pkcs11Backend implements Backend {
     }
     if (!path) throw new ConfigError(this.field, 'names no PKCS#11 module: add ?module-path=/absolute/path/to/module.so');
     if (!existsSync(path)) throw new ConfigError(this.field, `module-path ${path} does not exist`);
+    let module: pkcs11js.PKCS11;
     try {
-      return loadModule(path);
+      module = loadModule(path);
     } catch (err) {
       throw new ConfigError(this.field, `cannot load the PKCS#11 module ${path}: ${ckrName(err)}`);
+    }
+    this.checkLibrary(module, path);
+    return module;
+  }
+
+  /** library-manufacturer, library-description and library-version select the module itself. */
+  private checkLibrary(module: pkcs11js.PKCS11, path: string): void {
+    const u = this.uri;
+    if (u.libraryManufacturer === undefined && u.libraryDescription === undefined && u.libraryVersion === undefined) return;
+    const info = module.C_GetInfo();
+    const mismatch =
+      (u.libraryManufacturer !== undefined && trimmed(info.manufacturerID) !== u.libraryManufacturer) ||
+      (u.libraryDescription !== undefined && trimmed(info.libraryDescription) !== u.libraryDescription) ||
+      (u.libraryVersion !== undefined && (info.libraryVersion.major !== u.libraryVersion.major || info.libraryVersion.minor !== u.libraryVersion.minor));
+    if (mismatch) {
+      const actual = `"${trimmed(info.manufacturerID)}", "${trimmed(info.libraryDescription)}", version ${info.libraryVersion.major}.${info.libraryVersion.minor}`;
+      throw new ConfigError(this.field, `the module ${path} (${actual}) does not match the URI's library attributes`);
     }
   }
 
@@ -158,14 +192,14 @@ export class Pkcs11Backend implements Backend {
     return parts.filter(Boolean).join(';') || '(any token)';
   }
 
-  private findSlot(): pkcs11js.Handle {
+  private findSlot(module: pkcs11js.PKCS11): pkcs11js.Handle {
     const u = this.uri;
-    const found: string[] = [];
-    for (const slot of this.module.C_GetSlotList(true)) {
-      const token = this.module.C_GetTokenInfo(slot);
+    const present: string[] = [];
+    for (const slot of module.C_GetSlotList(true)) {
+      const token = module.C_GetTokenInfo(slot);
       if (!(token.flags & pkcs11js.CKF_TOKEN_INITIALIZED)) continue;
-      const slotInfo = this.module.C_GetSlotInfo(slot);
-      found.push(trimmed(token.label));
+      const slotInfo = module.C_GetSlotInfo(slot);
+      present.push(trimmed(token.label));
       if (u.token !== undefined && trimmed(token.label) !== u.token) continue;
       if (u.serial !== undefined && trimmed(token.serialNumber) !== u.serial) continue;
       if (u.manufacturer !== undefined && trimmed(token.manufacturerID) !== u.manufacturer) continue;
@@ -173,116 +207,64 @@ export class Pkcs11Backend implements Backend {
       if (u.slotId !== undefined && ulong(slot) !== u.slotId) continue;
       if (u.slotDescription !== undefined && trimmed(slotInfo.slotDescription) !== u.slotDescription) continue;
       if (u.slotManufacturer !== undefined && trimmed(slotInfo.manufacturerID) !== u.slotManufacturer) continue;
+      if (this.pin === undefined && token.flags & pkcs11js.CKF_LOGIN_REQUIRED) {
+        throw new ConfigError(this.field, `token ${this.describeToken()} needs a login: add pin-source=file:/path or pin-value to the URI`);
+      }
       return slot;
     }
-    throw new ConfigError(this.field, `no token matches ${this.describeToken()} (tokens present: ${found.length ? found.sort().map((l) => `"${l}"`).join(', ') : 'none'})`);
+    throw new ConfigError(this.field, `no token matches ${this.describeToken()} (tokens present: ${present.length ? present.sort().map((l) => `"${l}"`).join(', ') : 'none'})`);
   }
 
-  /** Opens the pool's sessions and logs in once (the login is shared by all sessions of the process). */
-  private connect(): void {
-    this.closeSessions();
-    this.mechanisms = new Set(this.module.C_GetMechanismList(this.slot));
-    for (let i = 0; i < this.config.pool_size; i++) this.sessions.push(this.module.C_OpenSession(this.slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION));
-    if (this.pin !== undefined) {
-      try {
-        this.module.C_Login(this.sessions[0]!, pkcs11js.CKU_USER, this.pin);
-      } catch (err) {
-        const code = ckrCode(err);
-        if (code !== pkcs11js.CKR_USER_ALREADY_LOGGED_IN) {
-          this.closeSessions();
-          if (code === pkcs11js.CKR_PIN_INCORRECT) throw new ConfigError(this.field, `wrong PIN for token ${this.describeToken()}`);
-          if (code === pkcs11js.CKR_PIN_LOCKED) throw new ConfigError(this.field, `the PIN of token ${this.describeToken()} is locked`);
-          throw new ConfigError(this.field, `cannot log in to token ${this.describeToken()}: ${ckrName(err)}`);
-        }
-      }
-    }
-    this.pool.reset(this.sessions);
-  }
-
-  private closeSessions(): void {
-    // Our own sessions only: C_CloseAllSessions would also end other backends' sessions on this token.
-    for (const session of this.sessions.splice(0)) {
-      try {
-        this.module.C_CloseSession(session);
-      } catch {
-        // already gone with the token
-      }
-    }
-  }
-
-  private findObjects(template: pkcs11js.Template): pkcs11js.Handle[] {
-    const session = this.sessions[0]!;
-    this.module.C_FindObjectsInit(session, template);
+  /**
+   * Opens a fresh set of sessions, logs in, finds the keys, and only then retires the old
+   * sessions: the token never has none of ours open, which would log it out. The login is
+   * per token and process, shared with any other backend on the same token.
+   */
+  private connect(module: pkcs11js.PKCS11): { found: FoundKey[]; skipped: SkippedKey[] } {
+    const slot = this.findSlot(module);
+    const mechanisms = new Set(module.C_GetMechanismList(slot));
+    const sessions: pkcs11js.Handle[] = [];
     try {
-      return this.module.C_FindObjects(session, 10_000);
-    } finally {
-      this.module.C_FindObjectsFinal(session);
+      for (let i = 0; i < this.config.pool_size; i++) sessions.push(module.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION));
+      this.login(module, sessions[0]!);
+      const keys = new TokenObjects(module, sessions[0]!).privateKeys(this.uri, this.describeToken());
+      this.mechanisms = mechanisms;
+      this.pool.retire();
+      this.pool.fill(sessions);
+      return keys;
+    } catch (err) {
+      for (const session of sessions) this.closeSession(session);
+      throw err;
     }
   }
 
-  private attributes(object: pkcs11js.Handle, types: number[]): Map<number, Buffer> {
-    const result = new Map<number, Buffer>();
-    for (const type of types) {
-      try {
-        const [attribute] = this.module.C_GetAttributeValue(this.sessions[0]!, object, [{ type }]);
-        if (attribute?.value) result.set(type, attribute.value as Buffer);
-      } catch {
-        // absent or sensitive: the caller decides whether it needed it
-      }
+  private login(module: pkcs11js.PKCS11, session: pkcs11js.Handle): void {
+    if (this.pin === undefined) return;
+    try {
+      module.C_Login(session, pkcs11js.CKU_USER, this.pin);
+    } catch (err) {
+      const code = ckrCode(err);
+      if (code === pkcs11js.CKR_USER_ALREADY_LOGGED_IN) return;
+      if (code === pkcs11js.CKR_PIN_INCORRECT || code === pkcs11js.CKR_PIN_LEN_RANGE) throw new ConfigError(this.field, `wrong PIN for token ${this.describeToken()}`);
+      if (code === pkcs11js.CKR_PIN_LOCKED) throw new ConfigError(this.field, `the PIN of token ${this.describeToken()} is locked`);
+      throw new ConfigError(this.field, `cannot log in to token ${this.describeToken()}: ${ckrName(err)}`);
     }
-    return result;
   }
 
-  /** The DER SPKI of a private key: from its own attributes (RSA), else the public key or certificate with the same CKA_ID. */
-  private spkiOf(object: pkcs11js.Handle, keyType: number, id: Buffer): Buffer {
-    if (keyType === pkcs11js.CKK_RSA) {
-      const a = this.attributes(object, [pkcs11js.CKA_MODULUS, pkcs11js.CKA_PUBLIC_EXPONENT]);
-      if (a.has(pkcs11js.CKA_MODULUS) && a.has(pkcs11js.CKA_PUBLIC_EXPONENT)) return rsaSpki(a.get(pkcs11js.CKA_MODULUS)!, a.get(pkcs11js.CKA_PUBLIC_EXPONENT)!);
+  private closeSession(session: pkcs11js.Handle): void {
+    // Our own sessions only: C_CloseAllSessions would also end other backends' sessions on this token.
+    try {
+      this.module?.C_CloseSession(session);
+    } catch {
+      // already gone with the token
     }
-    const [publicKey] = this.findObjects([{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY }, { type: pkcs11js.CKA_ID, value: id }]);
-    if (publicKey) {
-      const a = this.attributes(publicKey, [pkcs11js.CKA_MODULUS, pkcs11js.CKA_PUBLIC_EXPONENT, pkcs11js.CKA_EC_PARAMS, pkcs11js.CKA_EC_POINT]);
-      if (a.has(pkcs11js.CKA_EC_POINT)) return ecSpki(a.get(pkcs11js.CKA_EC_PARAMS)!, a.get(pkcs11js.CKA_EC_POINT)!);
-      if (a.has(pkcs11js.CKA_MODULUS)) return rsaSpki(a.get(pkcs11js.CKA_MODULUS)!, a.get(pkcs11js.CKA_PUBLIC_EXPONENT)!);
-    }
-    const [certificate] = this.findObjects([{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_CERTIFICATE }, { type: pkcs11js.CKA_ID, value: id }]);
-    if (certificate) {
-      const der = this.attributes(certificate, [pkcs11js.CKA_VALUE]).get(pkcs11js.CKA_VALUE);
-      if (der) return new X509Certificate(der).publicKey.export({ format: 'der', type: 'spki' });
-    }
-    throw new Error('its public half is not on the token (no public key or certificate object with the same CKA_ID)');
-  }
-
-  private discover(): { keys: Pkcs11Key[]; skipped: SkippedKey[] } {
-    const u = this.uri;
-    const skipped: SkippedKey[] = [];
-    if (Object.keys(u.vendor).length > 0) return { keys: [], skipped: [{ source: this.config.uri.split('?')[0]!, reason: `vendor attributes ${Object.keys(u.vendor).join(', ')} match no object` }] };
-    if (u.type !== undefined && u.type !== 'private') return { keys: [], skipped: [{ source: `type=${u.type}`, reason: 'keylessd serves private keys; the URI names another object type' }] };
-    const template: pkcs11js.Template = [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY }];
-    if (u.object !== undefined) template.push({ type: pkcs11js.CKA_LABEL, value: u.object });
-    if (u.id !== undefined) template.push({ type: pkcs11js.CKA_ID, value: u.id });
-    const keys: Pkcs11Key[] = [];
-    for (const object of this.findObjects(template)) {
-      const a = this.attributes(object, [pkcs11js.CKA_LABEL, pkcs11js.CKA_ID, pkcs11js.CKA_KEY_TYPE]);
-      const id = a.get(pkcs11js.CKA_ID) ?? Buffer.alloc(0);
-      const label = a.get(pkcs11js.CKA_LABEL)?.toString('utf8') ?? '';
-      const name = label || `id-${id.toString('hex')}`;
-      try {
-        const keyType = Number(a.get(pkcs11js.CKA_KEY_TYPE)?.readBigUInt64LE(0) ?? -1);
-        keys.push(new Pkcs11Key(name, this, describePublicKey(this.spkiOf(object, keyType, id)), id, object));
-      } catch (err) {
-        skipped.push({ source: `${this.describeToken()};object=${name}`, reason: (err as Error).message });
-      }
-    }
-    if (keys.length === 0 && skipped.length === 0) skipped.push({ source: this.config.uri.split('?')[0]!, reason: 'no private key on the token matches the URI' });
-    return { keys, skipped };
   }
 
   private down(reason: string): void {
     if (!this.up || this.closed) return;
     this.up = false;
     this.logger.warn({ backend: this.name, reason }, `backend ${this.name} is down (${reason}); reconnecting`);
-    this.pool.clear(new BackendUnavailableError(`backend ${this.name} lost its token; retry on another server`));
+    this.pool.retire(new BackendUnavailableError(`backend ${this.name} lost its token; retry on another server`));
     this.scheduleRecovery();
   }
 
@@ -292,22 +274,29 @@ export class Pkcs11Backend implements Backend {
     this.backoffMs = Math.min(this.backoffMs * 2, MAX_BACKOFF_MS);
   }
 
+  /** Reconnects and finds each key again by label, id and public key; synchronous, once per backoff step. */
   private recover(): void {
-    if (this.closed) return;
+    if (this.closed || !this.module) return;
     try {
-      this.slot = this.findSlot();
-      this.connect();
-      const { keys } = this.discover();
+      initialize(this.module); // in case something finalized the module underneath us
+      const { found } = this.connect(this.module);
       for (const key of this.keys) {
-        const again = keys.find((k) => k.id.equals(key.id) && k.name === key.name && k.publicKey.ski.equals(key.publicKey.ski));
-        if (again) key.object = again.object;
+        const again = found.find((k) => k.name === key.name && k.id.equals(key.id) && k.publicKey.ski.equals(key.publicKey.ski));
+        if (!again) this.logger.warn({ backend: this.name, key: key.name }, `key ${key.name} is no longer on the token; it answers KEY_NOT_FOUND until a reload`);
+        key.object = again?.object;
       }
       this.up = true;
-      this.backoffMs = 100;
+      this.backoffMs = FIRST_BACKOFF_MS;
       this.logger.info({ backend: this.name }, `backend ${this.name} reconnected to its token`);
     } catch (err) {
-      this.logger.warn({ backend: this.name, error: (err as Error).message, retry_ms: this.backoffMs }, `backend ${this.name} still cannot reach its token: ${(err as Error).message}`);
+      const reason = err instanceof ConfigError ? err.problem : ckrName(err);
+      this.logger.warn({ backend: this.name, reason, retry_ms: this.backoffMs }, `backend ${this.name} still cannot reach its token: ${reason}`);
       this.scheduleRecovery();
     }
   }
+}
+
+/** The factory the daemon's backend registry calls. */
+export function createPkcs11Backend(config: Pkcs11BackendConfig, logger: Logger): Backend {
+  return new Pkcs11Backend(config, logger);
 }

@@ -1,2 +1,2 @@
-export { Pkcs11Backend } from './backend';
+export { Pkcs11Backend, createPkcs11Backend } from './backend';
 export { pkcs11BackendSchema, type Pkcs11BackendConfig } from './schema';

@@ -12,23 +12,38 @@ export function loadModule(path: string): pkcs11js.PKCS11 {
   if (module) return module;
   module = new pkcs11js.PKCS11();
   module.load(path);
-  try {
-    module.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
-  } catch (err) {
-    if ((err as { code?: number }).code !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) throw err;
-  }
+  initialize(module);
   modules.set(path, module);
   return module;
 }
 
+/**
+ * C_Initialize, where an earlier one (by this or another backend, or by anything else in
+ * the process) counts as success. Recovery calls it again in case something finalized the
+ * module underneath the daemon.
+ */
+export function initialize(module: pkcs11js.PKCS11): void {
+  try {
+    module.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+  } catch (err) {
+    if (ckrCode(err) !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) throw err;
+  }
+}
+
+const CKR_NAMES = new Map<number, string>(
+  Object.entries(pkcs11js)
+    .filter(([key, value]) => key.startsWith('CKR_') && typeof value === 'number')
+    .map(([key, value]) => [value as number, key]),
+);
+
 /** The CKR_ name of a PKCS#11 error, for messages (`CKR_PIN_INCORRECT`). */
 export function ckrName(err: unknown): string {
-  const code = (err as { code?: number }).code;
+  const code = ckrCode(err);
   if (code === undefined) return (err as Error).message ?? String(err);
-  const name = Object.entries(pkcs11js).find(([key, value]) => key.startsWith('CKR_') && value === code)?.[0];
-  return name ?? `CKR 0x${code.toString(16)}`;
+  return CKR_NAMES.get(code) ?? `CKR 0x${code.toString(16)}`;
 }
 
 export function ckrCode(err: unknown): number | undefined {
-  return (err as { code?: number }).code;
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === 'number' ? code : undefined;
 }

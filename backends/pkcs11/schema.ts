@@ -1,4 +1,17 @@
 import { z } from 'zod';
+import { ConfigError } from '../../src/errors';
+import { parsePkcs11Uri } from './uri';
+
+/** A bad URI is a config error at load (and --check-config), not only when the backend opens. */
+function checkUri(uri: string, ctx: z.RefinementCtx): void {
+  if (!uri.startsWith('pkcs11:')) return; // reported by startsWith
+  try {
+    parsePkcs11Uri(uri);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    ctx.addIssue({ code: 'custom', message: err.message });
+  }
+}
 
 export const pkcs11BackendSchema = z
   .object({
@@ -7,6 +20,7 @@ export const pkcs11BackendSchema = z
     uri: z
       .string()
       .startsWith('pkcs11:', { error: 'expected an RFC 7512 URI starting with "pkcs11:"' })
+      .superRefine(checkUri)
       .describe(
         'RFC 7512 URI: module-path (or module-name), the token (token, serial, manufacturer, model or slot-id), optionally the keys (object label and/or id; none: every private key on the token), and pin-source=file:/path or |/command, or pin-value.',
       ),
@@ -17,7 +31,7 @@ export const pkcs11BackendSchema = z
       .max(256)
       .default(4)
       .describe('PKCS#11 sessions kept open on the token; each runs one operation at a time. Session-limited tokens (a YubiKey) want 1 or 2.'),
-    max_queue: z.number().int().min(0).max(1_000_000).default(4096).describe('Requests that may wait for a free session; beyond it they answer BACKEND_UNAVAILABLE at once.'),
+    max_queue: z.number().int().min(0).max(1_000_000).default(4096).describe('Requests that may wait for a free session; beyond it they answer OVERLOADED at once.'),
     timeout_ms: z.number().int().min(1).max(600_000).default(5000).describe('Deadline for one operation; past it the request answers TIMEOUT and the session is reused only once the token returns.'),
   })
   .strict();

@@ -1,55 +1,83 @@
 import type { Handle } from 'pkcs11js';
-import { BackendUnavailableError } from '../../src/errors';
-
-/** A session lent for one operation; `generation` tells a returning lease from before a recovery. */
-export interface Lease {
-  readonly session: Handle;
-  readonly generation: number;
-}
+import { OverloadedError } from '../../src/errors';
 
 interface Waiter {
-  resolve(lease: Lease): void;
+  resolve(session: Handle): void;
   reject(err: Error): void;
 }
 
 /**
  * Open sessions on one token, lent out one operation at a time. Callers beyond the free
- * sessions wait in a bounded FIFO; beyond that they are refused at once. Tokens reuse
- * session handle numbers, so leases carry the pool's generation, bumped on every reset.
+ * sessions wait in a bounded FIFO; beyond that they are refused at once with OVERLOADED
+ * (the token is up, only busy: PROTOCOL.md's "in-flight limits reached; retry later").
+ *
+ * A session is never closed while a call runs on it: closing a session under a thread
+ * that is inside C_Sign on it is a use-after-free in SoftHSM. Retired sessions that are
+ * lent out are closed when they come back. Sessions are tracked by the identity of their
+ * handle Buffer, so a token reusing a handle number cannot confuse an old one with a new one.
  */
 export class SessionPool {
   private free: Handle[] = [];
-  private generation = 0;
+  private readonly lent = new Set<Handle>();
+  private readonly retiring = new Set<Handle>();
   private readonly waiting: Waiter[] = [];
 
-  constructor(private readonly maxQueue: number) {}
+  constructor(
+    private readonly maxQueue: number,
+    private readonly closeSession: (session: Handle) => void,
+  ) {}
 
-  reset(sessions: Handle[]): void {
-    this.generation += 1;
-    this.free = [...sessions];
-    while (this.waiting.length > 0 && this.free.length > 0) this.waiting.shift()!.resolve({ session: this.free.pop()!, generation: this.generation });
+  /** Puts fresh sessions in service; requests already waiting get them first. */
+  fill(sessions: Handle[]): void {
+    for (const session of sessions) this.give(session);
   }
 
-  acquire(): Promise<Lease> {
+  /** A free session at once, or undefined. */
+  take(): Handle | undefined {
     const session = this.free.pop();
-    if (session) return Promise.resolve({ session, generation: this.generation });
+    if (session) this.lent.add(session);
+    return session;
+  }
+
+  /** The next session released, in turn; refused at once when the queue is full. */
+  wait(): Promise<Handle> {
     if (this.waiting.length >= this.maxQueue) {
-      return Promise.reject(new BackendUnavailableError(`all PKCS#11 sessions are busy and ${this.waiting.length} requests are waiting`));
+      return Promise.reject(new OverloadedError(`all PKCS#11 sessions are busy and ${this.waiting.length} requests are already waiting for one`));
     }
     return new Promise((resolve, reject) => this.waiting.push({ resolve, reject }));
   }
 
-  release(lease: Lease): void {
-    if (lease.generation !== this.generation) return;
-    const next = this.waiting.shift();
-    if (next) next.resolve(lease);
-    else this.free.push(lease.session);
+  /** Called once the call on `session` has returned. */
+  release(session: Handle): void {
+    this.lent.delete(session);
+    if (this.retiring.delete(session)) this.closeSession(session);
+    else this.give(session);
   }
 
-  /** The backend went down: nobody waits for a session that will not come. */
-  clear(err: Error): void {
-    this.generation += 1;
-    this.free = [];
-    for (const waiter of this.waiting.splice(0)) waiter.reject(err);
+  /** false once `session` has been retired: what fails on it now is old news. */
+  isInService(session: Handle): boolean {
+    return this.lent.has(session);
+  }
+
+  /**
+   * Takes every session out of service (a fault, a reload, close): free ones are closed
+   * now, lent ones when their call returns. Requests still waiting are refused with
+   * `err`, or, without one (a reload), wait on for the sessions the next fill() brings.
+   */
+  retire(err?: Error): void {
+    for (const session of this.free.splice(0)) this.closeSession(session);
+    for (const session of this.lent) this.retiring.add(session);
+    this.lent.clear();
+    if (err) for (const waiter of this.waiting.splice(0)) waiter.reject(err);
+  }
+
+  private give(session: Handle): void {
+    const next = this.waiting.shift();
+    if (next) {
+      this.lent.add(session);
+      next.resolve(session);
+    } else {
+      this.free.push(session);
+    }
   }
 }

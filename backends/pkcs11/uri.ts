@@ -74,7 +74,7 @@ export function percentDecode(text: string, attribute: string): Buffer {
       continue;
     }
     const hex = raw.subarray(i + 1, i + 3).toString('latin1');
-    if (!/^[0-9a-fA-F]{2}$/.test(hex)) fail(attribute, `bad percent-escape "%${hex}"`);
+    if (!/^[0-9a-fA-F]{2}$/.test(hex)) fail(attribute, attribute === 'pin-value' ? 'bad percent-escape' : `bad percent-escape "%${hex}"`);
     bytes.push(parseInt(hex, 16));
     i += 2;
   }
@@ -98,7 +98,12 @@ function parseVersion(value: string): { major: number; minor: number } {
 }
 
 export function parsePkcs11Uri(uri: string): Pkcs11Uri {
-  if (!uri.startsWith('pkcs11:')) throw new ConfigError('pkcs11 URI', `must start with "pkcs11:", got "${uri.slice(0, 20)}"`);
+  // URI schemes are case-insensitive (RFC 3986 §3.1), as are RFC 7512's attribute names (ABNF strings).
+  if (uri.slice(0, 7).toLowerCase() !== 'pkcs11:') {
+    // Only the scheme is quoted: the rest may hold a pin-value.
+    const scheme = /^[A-Za-z][A-Za-z0-9+.-]{0,19}:/.exec(uri)?.[0];
+    throw new ConfigError('pkcs11 URI', scheme ? `must start with "pkcs11:", not "${scheme}"` : 'must start with "pkcs11:"');
+  }
   const rest = uri.slice('pkcs11:'.length);
   const question = rest.indexOf('?');
   const pathPart = question === -1 ? rest : rest.slice(0, question);

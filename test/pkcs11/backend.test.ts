@@ -1,52 +1,62 @@
 import { execFileSync } from 'node:child_process';
 import { constants, createPublicKey, generateKeyPairSync, publicEncrypt, randomBytes, verify, type KeyObject } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as pkcs11js from 'pkcs11js';
-import { Pkcs11Backend, pkcs11BackendSchema } from '../../backends/pkcs11';
-import { CKM_EDDSA } from '../../backends/pkcs11/key';
+import { createPkcs11Backend, Pkcs11Backend, pkcs11BackendSchema } from '../../backends/pkcs11';
 import { loadModule } from '../../backends/pkcs11/module';
 import type { KeylessSession } from '../../src/client/session';
 import { SCHEME_OF, SIGNATURE_ALGORITHMS, keyTypeOf } from '../../src/crypto/algorithms';
 import { hashMessage } from '../../src/crypto/hashes';
 import { describePublicKey } from '../../src/crypto/keyid';
 import { ConfigError } from '../../src/errors';
+import type { Backend, KeyHandle } from '../../src/keys/types';
 import { createLogger } from '../../src/log';
 import { startDaemon, type RunningDaemon } from '../helpers/daemon';
 import { verifies } from '../helpers/verify';
 
-// One token for the whole file: the PKCS#11 module is process-global and reads SOFTHSM2_CONF once.
+// The PKCS#11 module is process-global and SoftHSM reads SOFTHSM2_CONF once: jest.config.js
+// picks a fresh token folder per run and points SOFTHSM2_CONF into it; the tokens are made
+// here, before anything in this process loads the module.
 const MODULE = '/usr/lib/softhsm/libsofthsm2.so';
 const PIN = '246810';
-const tokenDir = process.env.KEYLESS_TEST_TOKEN_DIR!; // see jest.config.js
+const tokenDir = process.env.KEYLESS_TEST_TOKEN_DIR!;
 const pinFile = join(tokenDir, 'user.pin');
-writeFileSync(pinFile, `${PIN}\n`);
+const tokenScript = join(__dirname, '..', '..', 'scripts', 'softhsm-token.sh');
 
 const KEYS: Record<string, KeyObject> = {
   rsa2048: generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey,
   rsa3072: generateKeyPairSync('rsa', { modulusLength: 3072 }).privateKey,
   p256: generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey,
   p384: generateKeyPairSync('ec', { namedCurve: 'P-384' }).privateKey,
+  ed25519: generateKeyPairSync('ed25519').privateKey,
 };
-const imports = Object.entries(KEYS).map(([name, key], i) => {
-  const file = join(tokenDir, `${name}.pem`);
-  writeFileSync(file, key.export({ format: 'pem', type: 'pkcs8' }));
-  return ['--import', `${file}:${name}:0${i + 1}`];
-});
-const tokenScript = join(__dirname, '..', '..', 'scripts', 'softhsm-token.sh');
-execFileSync(tokenScript, ['--dir', tokenDir, '--label', 'keyless-test', '--pin', PIN, ...imports.flat()]);
-// A second token nobody logs in to: a login to keyless-test would make any PIN "work" there.
-execFileSync(tokenScript, ['--dir', tokenDir, '--label', 'pin-test', '--pin', PIN, '--generate', 'ec:P-256:k:01']);
-const uri = (extra = '') => `pkcs11:token=keyless-test${extra}?module-path=${MODULE}&pin-source=file:${pinFile}`;
+const uri = (extra = '', token = 'keyless-test') => `pkcs11:token=${token}${extra}?module-path=${MODULE}&pin-source=file:${pinFile}`;
+const softhsm = () => loadModule(MODULE);
+const slotOf = (label: string) => softhsm().C_GetSlotList(true).find((s) => softhsm().C_GetTokenInfo(s).label.trim() === label)!;
+const logger = createLogger('silent');
+const backendFor = (config: Record<string, unknown>) => createPkcs11Backend(pkcs11BackendSchema.parse({ type: 'pkcs11', name: 'hsm', ...config }), logger);
+const outcome = (work: Promise<unknown>) => work.then(() => 'ok', (err: { code?: string }) => err.code ?? String(err));
 
-const slot = () => loadModule(MODULE).C_GetSlotList(true).find((s) => loadModule(MODULE).C_GetTokenInfo(s).label.trim() === 'keyless-test')!;
-const hasEdDsa = () => loadModule(MODULE).C_GetMechanismList(slot()).includes(CKM_EDDSA);
+async function until(condition: () => boolean): Promise<void> {
+  while (!condition()) await new Promise((resolve) => setTimeout(resolve, 10));
+}
 
 let server: RunningDaemon;
 let session: KeylessSession;
 
 beforeAll(async () => {
-  server = await startDaemon({ backends: [{ type: 'pkcs11', name: 'hsm', uri: uri(), pool_size: 4 }], keys: { rsa2048: { decrypt: true } } });
+  writeFileSync(pinFile, `${PIN}\n`);
+  const imports = Object.entries(KEYS).flatMap(([name, key], i) => {
+    const file = join(tokenDir, `${name}.pem`);
+    writeFileSync(file, key.export({ format: 'pem', type: 'pkcs8' }));
+    return ['--import', `${file}:${name}:0${i + 1}`];
+  });
+  execFileSync(tokenScript, ['--dir', tokenDir, '--label', 'keyless-test', '--pin', PIN, ...imports]);
+  // Nobody in this process logs in to pin-test: a login elsewhere on a token makes any PIN "work" there.
+  execFileSync(tokenScript, ['--dir', tokenDir, '--label', 'pin-test', '--pin', PIN, '--generate', 'ec:P-256:k:01']);
+  execFileSync(tokenScript, ['--dir', tokenDir, '--label', 'doomed-test', '--pin', PIN, '--generate', 'ec:P-256:stays:01', '--generate', 'ec:P-256:doomed:02']);
+  server = await startDaemon({ backends: [{ type: 'pkcs11', name: 'hsm', uri: uri(), pool_size: 4 }], keys: { rsa2048: { decrypt: true }, rsa3072: { decrypt: true } } });
   session = await server.connect();
 });
 afterAll(async () => {
@@ -54,124 +64,236 @@ afterAll(async () => {
   await server.stop();
 });
 
-const cases = Object.keys(KEYS).flatMap((name) => {
-  const type = describePublicKey(createPublicKey(KEYS[name]!).export({ format: 'der', type: 'spki' })).type;
-  return SIGNATURE_ALGORITHMS.filter((a) => keyTypeOf(SCHEME_OF[a]) === type).flatMap((a) => (['digest', 'message'] as const).map((form) => [name, a, form] as const));
-});
-
-test.each(cases)('token key %s signs %s over a %s and crypto.verify accepts it', async (name, algorithm, form) => {
-  const message = randomBytes(80);
-  const scheme = SCHEME_OF[algorithm];
-  const input = form === 'message' ? { message } : { digest: hashMessage(scheme.kind === 'ed25519' ? 'sha256' : scheme.hash, message) };
-  const signature = await session.sign({ name }, algorithm, input);
-  expect(verifies(algorithm, KEYS[name]!, message, signature)).toBe(true);
-  expect(verifies(algorithm, KEYS[name]!, randomBytes(80), signature)).toBe(false);
-});
-
-test('the same key has the same SKI and SPKI hash on the token as in a file', async () => {
-  for (const [name, key] of Object.entries(KEYS)) {
-    const info = await session.getKey({ name });
-    const fromFile = describePublicKey(createPublicKey(key).export({ format: 'der', type: 'spki' }));
-    expect(Buffer.from(info.ski!)).toEqual(fromFile.ski);
-    expect(Buffer.from(info.spkiSha256!)).toEqual(fromFile.spkiSha256);
-    expect(info.backend).toBe('hsm');
-  }
-});
-
-test('raw decryption round-trips through the token; OAEP-SHA256, which SoftHSM 2.6 lacks, is UNSUPPORTED', async () => {
-  const secret = randomBytes(48);
-  const publicKey = createPublicKey(KEYS.rsa2048!);
-  const oaep = publicEncrypt({ key: publicKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, secret);
-  await expect(session.decrypt({ name: 'rsa2048' }, 'rsa-oaep-sha256', oaep)).rejects.toMatchObject({ code: 'UNSUPPORTED' });
-  const block = await session.decrypt({ name: 'rsa2048' }, 'rsa-raw', publicEncrypt({ key: publicKey, padding: constants.RSA_PKCS1_PADDING }, secret));
-  expect(block).toHaveLength(256);
-  expect(block.subarray(256 - 48)).toEqual(secret);
-});
-
-test('Ed25519 on the token, where SoftHSM offers CKM_EDDSA', async () => {
-  if (!hasEdDsa()) {
-    console.log('SoftHSM here does not offer CKM_EDDSA: Ed25519 on the token is not tested');
-    return;
-  }
-  execFileSync('pkcs11-tool', ['--module', MODULE, '--token-label', 'keyless-test', '--login', '--pin', PIN, '--keypairgen', '--key-type', 'EC:edwards25519', '--label', 'ed25519', '--id', '09'], { stdio: 'ignore' });
-  const backend = new Pkcs11Backend(pkcs11BackendSchema.parse({ type: 'pkcs11', name: 'ed', uri: uri(';object=ed25519') }), createLogger('silent'));
-  const { keys } = await backend.open();
-  expect(keys.map((k) => k.publicKey.type)).toEqual(['ed25519']);
-  const message = Buffer.from('edwards');
-  const signature = await keys[0]!.sign({ kind: 'ed25519' }, message);
-  expect(verify(null, message, createPublicKey({ key: keys[0]!.publicKey.spki, format: 'der', type: 'spki' }), signature)).toBe(true);
-  await backend.close();
-});
-
-test('8 sessions x 500 requests in flight at once all verify', async () => {
-  const sessions = await Promise.all(Array.from({ length: 8 }, () => server.connect()));
-  const message = Buffer.from('concurrency');
-  const publicKey = createPublicKey(KEYS.p256!);
-  const signatures = await Promise.all(sessions.flatMap((s) => Array.from({ length: 500 }, () => s.sign({ name: 'p256' }, 'ECDSA_SHA256', { message }))));
-  expect(signatures.every((sig) => verify('sha256', message, publicKey, sig))).toBe(true);
-  await Promise.all(sessions.map((s) => s.close()));
-});
-
-test('sessions invalidated under load: some requests get BACKEND_UNAVAILABLE, then signing works again without a restart', async () => {
-  const message = Buffer.from('fault');
-  let stop = false;
-  const outcomes: string[] = [];
-  const load = Array.from({ length: 16 }, async () => {
-    while (!stop) outcomes.push(await session.sign({ name: 'p256' }, 'ECDSA_SHA256', { message }).then(() => 'ok', (e) => e.code));
+describe('every key type and scheme, through the daemon', () => {
+  const cases = Object.keys(KEYS).flatMap((name) => {
+    const type = describePublicKey(createPublicKey(KEYS[name]!).export({ format: 'der', type: 'spki' })).type;
+    return SIGNATURE_ALGORITHMS.filter((a) => keyTypeOf(SCHEME_OF[a]) === type).flatMap((a) => (['digest', 'message'] as const).map((form) => [name, a, form] as const));
   });
-  while (outcomes.length < 200) await new Promise((r) => setTimeout(r, 5));
-  loadModule(MODULE).C_CloseAllSessions(slot()); // what a token reset or an HSM failover does to an application
-  while (!outcomes.includes('BACKEND_UNAVAILABLE')) await new Promise((r) => setTimeout(r, 5));
-  const failures = outcomes.length;
-  while (outcomes.slice(failures).filter((o) => o === 'ok').length < 200) await new Promise((r) => setTimeout(r, 10));
-  stop = true;
-  await Promise.all(load);
-  expect(new Set(outcomes)).toEqual(new Set(['ok', 'BACKEND_UNAVAILABLE']));
-  const signature = await session.sign({ name: 'p256' }, 'ECDSA_SHA256', { message });
-  expect(verify('sha256', message, createPublicKey(KEYS.p256!), signature)).toBe(true);
+
+  test.each(cases)('token key %s signs %s over a %s and crypto.verify accepts it', async (name, algorithm, form) => {
+    const message = randomBytes(80);
+    const scheme = SCHEME_OF[algorithm];
+    const input = form === 'digest' && scheme.kind !== 'ed25519' ? { digest: hashMessage(scheme.hash, message) } : { message };
+    const signature = await session.sign({ name }, algorithm, input);
+    expect(verifies(algorithm, KEYS[name]!, message, signature)).toBe(true);
+    expect(verifies(algorithm, KEYS[name]!, randomBytes(80), signature)).toBe(false);
+  });
+
+  test('the same key has the same SKI and SPKI hash on the token as in a file', async () => {
+    for (const [name, key] of Object.entries(KEYS)) {
+      const info = await session.getKey({ name });
+      const fromFile = describePublicKey(createPublicKey(key).export({ format: 'der', type: 'spki' }));
+      expect(Buffer.from(info.ski!)).toEqual(fromFile.ski);
+      expect(Buffer.from(info.spkiSha256!)).toEqual(fromFile.spkiSha256);
+      expect(info.backend).toBe('hsm');
+    }
+  });
+
+  test.each(['rsa2048', 'rsa3072'])('raw decryption of %s round-trips; OAEP-SHA256, which SoftHSM 2.6 refuses, is UNSUPPORTED', async (name) => {
+    const secret = randomBytes(48);
+    const publicKey = createPublicKey(KEYS[name]!);
+    const bytes = publicKey.asymmetricKeyDetails!.modulusLength! / 8;
+    const block = await session.decrypt({ name }, 'rsa-raw', publicEncrypt({ key: publicKey, padding: constants.RSA_PKCS1_PADDING }, secret));
+    expect(block).toHaveLength(bytes);
+    expect(block.subarray(bytes - 48)).toEqual(secret);
+    const oaep = publicEncrypt({ key: publicKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, secret);
+    await expect(session.decrypt({ name }, 'rsa-oaep-sha256', oaep)).rejects.toMatchObject({ code: 'UNSUPPORTED' });
+  });
+
+  test('8 sessions x 500 requests in flight at once all verify', async () => {
+    const sessions = await Promise.all(Array.from({ length: 8 }, () => server.connect()));
+    const message = Buffer.from('concurrency');
+    const publicKey = createPublicKey(KEYS.p256!);
+    const signatures = await Promise.all(sessions.flatMap((s) => Array.from({ length: 500 }, () => s.sign({ name: 'p256' }, 'ECDSA_SHA256', { message }))));
+    expect(signatures).toHaveLength(4000);
+    expect(signatures.every((sig) => verify('sha256', message, publicKey, sig))).toBe(true);
+    await Promise.all(sessions.map((s) => s.close()));
+  });
+
+  test('sessions closed underneath the daemon under load: some BACKEND_UNAVAILABLE, then signing works again without a restart', async () => {
+    const message = Buffer.from('fault');
+    let stop = false;
+    const outcomes: string[] = [];
+    const load = Array.from({ length: 16 }, async () => {
+      while (!stop) outcomes.push(await outcome(session.sign({ name: 'p256' }, 'ECDSA_SHA256', { message })));
+    });
+    await until(() => outcomes.length >= 200);
+    softhsm().C_CloseAllSessions(slotOf('keyless-test')); // what a token reset or an HSM failover does to an application
+    await until(() => outcomes.includes('BACKEND_UNAVAILABLE'));
+    const failedAt = outcomes.lastIndexOf('BACKEND_UNAVAILABLE');
+    await until(() => outcomes.slice(failedAt).filter((o) => o === 'ok').length >= 200);
+    stop = true;
+    await Promise.all(load);
+    expect(new Set(outcomes)).toEqual(new Set(['ok', 'BACKEND_UNAVAILABLE']));
+    const signature = await session.sign({ name: 'p256' }, 'ECDSA_SHA256', { message });
+    expect(verify('sha256', message, createPublicKey(KEYS.p256!), signature)).toBe(true);
+  });
+});
+
+describe('the backend on its own', () => {
+  const opened: Backend[] = [];
+  async function open(config: Record<string, unknown>): Promise<{ backend: Backend; keys: KeyHandle[] }> {
+    const backend = backendFor(config);
+    opened.push(backend);
+    const { keys } = await backend.open();
+    return { backend, keys };
+  }
+  afterEach(async () => {
+    await Promise.all(opened.splice(0).map((b) => b.close()));
+  });
+
+  test('a URI naming an object exposes that key only; naming none exposes every private key, named by label', async () => {
+    expect((await open({ uri: uri(';object=p384') })).keys.map((k) => k.name)).toEqual(['p384']);
+    expect((await open({ uri: uri(';id=%02') })).keys.map((k) => k.name)).toEqual(['rsa3072']);
+    expect((await open({ uri: uri() })).keys.map((k) => k.name).sort()).toEqual(Object.keys(KEYS).sort());
+  });
+
+  test('a PIN from a command (pin-source=|/path)', async () => {
+    const command = join(tokenDir, 'print-pin.sh');
+    writeFileSync(command, `#!/bin/sh\necho ${PIN}\n`);
+    chmodSync(command, 0o755);
+    const { keys } = await open({ uri: `pkcs11:token=pin-test?module-path=${MODULE}&pin-source=|${command}` });
+    const signature = await keys[0]!.sign({ kind: 'ecdsa', hash: 'sha256' }, hashMessage('sha256', Buffer.from('command')));
+    expect(verify('sha256', Buffer.from('command'), createPublicKey({ key: keys[0]!.publicKey.spki, format: 'der', type: 'spki' }), signature)).toBe(true);
+  });
+
+  test('a full queue answers OVERLOADED at once; the requests it admitted all verify', async () => {
+    const { keys } = await open({ uri: uri(';object=p256'), pool_size: 1, max_queue: 2 });
+    const digest = hashMessage('sha256', Buffer.from('queue'));
+    const results = await Promise.all(Array.from({ length: 20 }, () => keys[0]!.sign({ kind: 'ecdsa', hash: 'sha256' }, digest).catch((e: { code: string }) => e.code)));
+    const signatures = results.filter((r): r is Buffer => Buffer.isBuffer(r));
+    expect(signatures).toHaveLength(3); // one on the session, two queued
+    expect(results.filter((r) => r === 'OVERLOADED')).toHaveLength(17);
+    expect(signatures.every((s) => verify('sha256', Buffer.from('queue'), createPublicKey(KEYS.p256!), s))).toBe(true);
+  });
+
+  test('requests that waited past timeout_ms for a session answer TIMEOUT without reaching the token', async () => {
+    const { keys } = await open({ uri: uri(';object=p256'), pool_size: 1, timeout_ms: 5 });
+    const digest = hashMessage('sha256', Buffer.from('deadline'));
+    const first = keys[0]!.sign({ kind: 'ecdsa', hash: 'sha256' }, digest);
+    await new Promise(setImmediate); // the first request holds the only session
+    const queued = Array.from({ length: 5 }, () => outcome(keys[0]!.sign({ kind: 'ecdsa', hash: 'sha256' }, digest)));
+    const blockedUntil = Date.now() + 50; // the event loop is busy: the queue waits past its deadline
+    while (Date.now() < blockedUntil);
+    expect(verify('sha256', Buffer.from('deadline'), createPublicKey(KEYS.p256!), await first)).toBe(true);
+    expect(await Promise.all(queued)).toEqual(Array(5).fill('TIMEOUT'));
+  });
+
+  test('a mechanism the token does not list is UNSUPPORTED, not CRYPTO_FAILURE', async () => {
+    const { backend, keys } = await open({ uri: uri(';object=rsa2048') });
+    (backend as unknown as { mechanisms: Set<number> }).mechanisms.delete(pkcs11js.CKM_RSA_PKCS_PSS);
+    await expect(keys[0]!.sign({ kind: 'rsa-pss', hash: 'sha256' }, Buffer.alloc(32))).rejects.toMatchObject({ code: 'UNSUPPORTED' });
+    expect(backend.healthy()).toBe(true);
+  });
+
+  test('a key deleted from the token: one fault, recovery, then KEY_NOT_FOUND for it while the others sign', async () => {
+    const { backend, keys } = await open({ uri: uri('', 'doomed-test') });
+    const [stays, doomed] = ['stays', 'doomed'].map((name) => keys.find((k) => k.name === name)!);
+    const digest = hashMessage('sha256', Buffer.from('doomed'));
+    const sign = (key: KeyHandle) => outcome(key.sign({ kind: 'ecdsa', hash: 'sha256' }, digest));
+    expect([await sign(stays!), await sign(doomed!)]).toEqual(['ok', 'ok']);
+    execFileSync('pkcs11-tool', ['--module', MODULE, '--token-label', 'doomed-test', '--login', '--pin', PIN, '--delete-object', '--type', 'privkey', '--label', 'doomed'], { stdio: 'ignore' });
+    expect(await sign(doomed!)).toBe('BACKEND_UNAVAILABLE');
+    expect(backend.healthy()).toBe(false);
+    await until(() => backend.healthy());
+    expect([await sign(stays!), await sign(doomed!)]).toEqual(['ok', 'KEY_NOT_FOUND']);
+  });
+
+  test('the module finalized underneath the daemon: BACKEND_UNAVAILABLE, then it initializes again by itself', async () => {
+    const { backend, keys } = await open({ uri: uri(';object=p256') });
+    const digest = hashMessage('sha256', Buffer.from('finalized'));
+    softhsm().C_Finalize();
+    expect(await outcome(keys[0]!.sign({ kind: 'ecdsa', hash: 'sha256' }, digest))).toBe('BACKEND_UNAVAILABLE');
+    await until(() => backend.healthy());
+    expect(verify('sha256', Buffer.from('finalized'), createPublicKey(KEYS.p256!), await keys[0]!.sign({ kind: 'ecdsa', hash: 'sha256' }, digest))).toBe(true);
+    // The daemon's own backend shares the module: its sessions went too, and it recovers the same way.
+    const answers: string[] = [];
+    while (answers.at(-1) !== 'ok') answers.push(await outcome(session.sign({ name: 'p384' }, 'ECDSA_SHA384', { message: digest })));
+    expect(new Set(answers)).toEqual(new Set(['BACKEND_UNAVAILABLE', 'ok']));
+  });
 });
 
 describe('clear errors at start', () => {
-  const open = (config: Record<string, unknown>) => new Pkcs11Backend(pkcs11BackendSchema.parse({ type: 'pkcs11', name: 'hsm', ...config }), createLogger('silent')).open();
+  /** What open() threw, or undefined when it opened (the backend is closed again). */
+  async function failure(config: Record<string, unknown>): Promise<Error | undefined> {
+    const backend = new Pkcs11Backend(pkcs11BackendSchema.parse({ type: 'pkcs11', name: 'hsm', ...config }), logger);
+    try {
+      await backend.open();
+    } catch (err) {
+      return err as Error;
+    }
+    await backend.close();
+    return undefined;
+  }
 
   test('a wrong PIN names the token and never the PIN', async () => {
     const wrong = join(tokenDir, 'wrong.pin');
     writeFileSync(wrong, '999999\n');
-    const failure = await open({ uri: `pkcs11:token=pin-test?module-path=${MODULE}&pin-source=file:${wrong}` }).catch((e) => e);
-    expect(failure).toEqual(new ConfigError('backends.hsm.uri', 'wrong PIN for token token=pin-test'));
-    expect(failure.message).not.toContain('999999');
+    const err = await failure({ uri: `pkcs11:token=pin-test?module-path=${MODULE}&pin-source=file:${wrong}` });
+    expect(err).toEqual(new ConfigError('backends.hsm.uri', 'wrong PIN for token token=pin-test'));
+    expect(err!.message).not.toContain('999999');
     // The failed login must not have logged the daemon's own sessions out.
     expect(await session.sign({ name: 'p256' }, 'ECDSA_SHA256', { message: Buffer.from('still logged in') })).toBeInstanceOf(Buffer);
   });
 
+  test('a wrong pin-value never reaches the error message', async () => {
+    const err = await failure({ uri: `pkcs11:token=pin-test?module-path=${MODULE}&pin-value=000000` });
+    expect(err).toEqual(new ConfigError('backends.hsm.uri', 'wrong PIN for token token=pin-test'));
+    expect(err!.message).not.toContain('000000');
+  });
+
+  test('a PIN file that is not there, a PIN command that fails', async () => {
+    const command = join(tokenDir, 'failing-pin.sh');
+    writeFileSync(command, `#!/bin/sh\necho ${PIN}\nexit 3\n`);
+    chmodSync(command, 0o755);
+    expect(await failure({ uri: `pkcs11:token=pin-test?module-path=${MODULE}&pin-source=file:${tokenDir}/absent.pin` })).toEqual(
+      new ConfigError('backends.hsm.uri', `cannot read the PIN file ${tokenDir}/absent.pin: ENOENT`),
+    );
+    const err = await failure({ uri: `pkcs11:token=pin-test?module-path=${MODULE}&pin-source=|${command}` });
+    expect(err).toEqual(new ConfigError('backends.hsm.uri', `cannot read the PIN command ${command}: it exited with status 3`));
+    expect(err!.message).not.toContain(PIN);
+  });
+
   test('a missing module path', async () => {
-    await expect(open({ uri: 'pkcs11:token=keyless-test?module-path=/nonexistent/libpkcs11.so&pin-value=1' })).rejects.toEqual(
+    expect(await failure({ uri: 'pkcs11:token=keyless-test?module-path=/nonexistent/libpkcs11.so&pin-value=1' })).toEqual(
       new ConfigError('backends.hsm.uri', 'module-path /nonexistent/libpkcs11.so does not exist'),
     );
   });
 
+  test('no module at all', async () => {
+    expect(await failure({ uri: 'pkcs11:token=keyless-test?pin-value=1' })).toEqual(new ConfigError('backends.hsm.uri', 'names no PKCS#11 module: add ?module-path=/absolute/path/to/module.so'));
+  });
+
   test('a token that does not exist, listing those present', async () => {
-    await expect(open({ uri: `pkcs11:token=no-such-token?module-path=${MODULE}&pin-value=1` })).rejects.toEqual(
-      new ConfigError('backends.hsm.uri', 'no token matches token=no-such-token (tokens present: "keyless-test", "pin-test")'),
+    expect(await failure({ uri: `pkcs11:token=no-such-token?module-path=${MODULE}&pin-value=1` })).toEqual(
+      new ConfigError('backends.hsm.uri', 'no token matches token=no-such-token (tokens present: "doomed-test", "keyless-test", "pin-test")'),
     );
   });
 
-  test('a URI naming a key that is not there', async () => {
-    const { keys, skipped } = await open({ uri: uri(';object=absent') });
+  test('a token that needs a login and a URI without a PIN', async () => {
+    expect(await failure({ uri: `pkcs11:token=pin-test?module-path=${MODULE}` })).toEqual(
+      new ConfigError('backends.hsm.uri', 'token token=pin-test needs a login: add pin-source=file:/path or pin-value to the URI'),
+    );
+  });
+
+  test('library attributes select the module: SoftHSM matches, another version does not', async () => {
+    expect(await failure({ uri: `pkcs11:token=pin-test;library-manufacturer=SoftHSM;library-version=2.6?module-path=${MODULE}&pin-source=file:${pinFile}` })).toBeUndefined();
+    expect(await failure({ uri: `pkcs11:token=pin-test;library-version=9.1?module-path=${MODULE}&pin-source=file:${pinFile}` })).toEqual(
+      new ConfigError('backends.hsm.uri', `the module ${MODULE} ("SoftHSM", "Implementation of PKCS11", version 2.6) does not match the URI's library attributes`),
+    );
+  });
+
+  test('a URI naming a key that is not there opens with nothing and says why', async () => {
+    const backend = backendFor({ uri: uri(';object=absent') });
+    const { keys, skipped } = await backend.open();
+    await backend.close();
     expect(keys).toEqual([]);
-    expect(skipped[0]!.reason).toBe('no private key on the token matches the URI');
+    expect(skipped).toEqual([{ source: 'token=keyless-test', reason: 'no private key on the token matches the URI' }]);
   });
 
-  test('a pin-value in the config never reaches an error message', async () => {
-    const failure = await open({ uri: `pkcs11:token=pin-test?module-path=${MODULE}&pin-value=000000` }).catch((e) => e);
-    expect(failure).toBeInstanceOf(ConfigError);
-    expect(failure.message).not.toContain('000000');
+  test('a bad URI is refused when the config is validated, naming the attribute', () => {
+    const parsed = pkcs11BackendSchema.safeParse({ type: 'pkcs11', name: 'hsm', uri: 'pkcs11:token=a;token=b?module-path=/x.so' });
+    expect(parsed.success).toBe(false);
+    expect(parsed.error!.issues.map((i) => i.message)).toEqual(['pkcs11 URI attribute token: appears twice']);
   });
-});
-
-test('a mechanism the token lacks is UNSUPPORTED, not CRYPTO_FAILURE', async () => {
-  const backend = (server.daemon as unknown as { keys: { backends: Array<{ mechanisms: Set<number> }> } }).keys.backends[0]!;
-  backend.mechanisms.delete(pkcs11js.CKM_RSA_PKCS_PSS);
-  await expect(session.sign({ name: 'rsa2048' }, 'RSA_PSS_SHA256', { message: Buffer.from('x') })).rejects.toMatchObject({ code: 'UNSUPPORTED' });
-  backend.mechanisms.add(pkcs11js.CKM_RSA_PKCS_PSS);
 });

@@ -1,4 +1,5 @@
 import type { AddressInfo } from 'node:net';
+import { listen } from '../util/listen';
 import { createServer, type Server, type TLSSocket, type TlsOptions } from 'node:tls';
 import { toKeylessError } from '../errors';
 import type { KeyRef } from '../keys/registry';
@@ -48,14 +49,8 @@ export class CompatListener {
   }
 
   async start(): Promise<AddressInfo> {
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(this.options.port, this.options.host, () => {
-        this.server.off('error', reject);
-        resolve();
-      });
-    });
-    return this.server.address() as AddressInfo;
+    const address = await listen(this.server, this.options.port, this.options.host);
+    return address;
   }
 
   updateTls(tls: TlsOptions): void {

@@ -1,4 +1,5 @@
 import { createServer, type Server } from 'node:http';
+import { listen } from '../util/listen';
 import type { AddressInfo } from 'node:net';
 import type { Metrics } from './metrics';
 
@@ -45,14 +46,8 @@ export class MetricsServer {
   }
 
   async start(host: string, port: number): Promise<AddressInfo> {
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(port, host, () => {
-        this.server.off('error', reject);
-        resolve();
-      });
-    });
-    return this.server.address() as AddressInfo;
+    const address = await listen(this.server, port, host);
+    return address;
   }
 
   stop(): Promise<void> {

@@ -1,4 +1,5 @@
 import { createServer, type Server } from 'node:https';
+import { listen } from '../util/listen';
 import type { AddressInfo, Socket } from 'node:net';
 import type { TLSSocket, TlsOptions } from 'node:tls';
 import { WebSocketServer, type WebSocket } from 'ws';
@@ -61,15 +62,9 @@ export class V1Listener {
   }
 
   async start(): Promise<AddressInfo> {
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(this.options.port, this.options.host, () => {
-        this.server.off('error', reject);
-        resolve();
-      });
-    });
+    const address = await listen(this.server, this.options.port, this.options.host);
     this.heartbeat = setInterval(() => this.pingSessions(), this.options.pingIntervalMs).unref();
-    return this.server.address() as AddressInfo;
+    return address;
   }
 
   get sessionCount(): number {

@@ -1,16 +1,14 @@
 import type { AddressInfo } from 'node:net';
 import { writeFileSync, rmSync } from 'node:fs';
 import type { Config } from './config/schema';
-import { createBackend } from './keys/backends';
 import { AuditLog } from './audit/log';
 import { ConfigError } from './errors';
-import { KeyRegistry } from './keys/registry';
-import { Policy } from './policy/policy';
-import type { Backend, KeyHandle } from './keys/types';
+import { closeKeySet, openKeySet, type BackendFactory, type KeySet } from './key-set';
+import type { KeyRegistry } from './keys/registry';
 import type { Logger } from './log';
 import { MetricsServer } from './metrics/http';
 import { Metrics } from './metrics/metrics';
-import { Dispatcher, type ServingState } from './server/dispatcher';
+import { Dispatcher } from './server/dispatcher';
 import { loadTlsMaterial, serverTlsOptions } from './server/tls';
 import { V1Listener } from './server/v1-listener';
 import { CompatListener } from './compat/listener';
@@ -19,49 +17,6 @@ export interface DaemonAddresses {
   readonly v1: AddressInfo;
   readonly compat?: AddressInfo;
   readonly metrics?: AddressInfo;
-}
-
-/** Backends opened, keys indexed and policy compiled: everything a config turns into before serving. */
-interface KeySet extends ServingState {
-  readonly backends: Backend[];
-}
-
-export type BackendFactory = typeof createBackend;
-
-async function openKeys(config: Config, logger: Logger, metrics: Metrics, makeBackend: BackendFactory): Promise<KeySet> {
-  const backends: Backend[] = [];
-  const handles: KeyHandle[] = [];
-  try {
-    for (const entry of config.backends) {
-      const backend = makeBackend(entry, logger);
-      backends.push(backend);
-      const { keys } = await backend.open();
-      handles.push(...keys);
-    }
-  } catch (err) {
-    await Promise.allSettled(backends.map((b) => b.close()));
-    throw err;
-  }
-  let policy: Policy;
-  try {
-    policy = new Policy({ default_policy: config.default_policy, groups: config.groups, keys: config.keys });
-  } catch (err) {
-    await Promise.allSettled(backends.map((b) => b.close()));
-    throw err;
-  }
-  const registry = new KeyRegistry(handles, (name) => ({ decryptAllowed: config.keys[name]?.decrypt ?? false }));
-  for (const skipped of registry.skipped) logger.warn({ key: skipped.source, reason: skipped.reason }, `not serving ${skipped.source}: ${skipped.reason}`);
-  metrics.keysLoaded.reset();
-  for (const backend of backends) {
-    metrics.keysLoaded.set({ backend: backend.name }, registry.list().filter((k) => k.handle.backend === backend).length);
-  }
-  return {
-    backends,
-    registry,
-    policy,
-    maxInflightPerSession: config.limits.max_inflight_per_session,
-    maxInflightTotal: config.limits.max_inflight_total,
-  };
 }
 
 async function openAudit(config: Config, logger: Logger, metrics: Metrics): Promise<AuditLog> {
@@ -103,11 +58,11 @@ export class Daemon {
   private constructor(
     private config: Config,
     private readonly logger: Logger,
-    private readonly makeBackend: BackendFactory,
+    private readonly makeBackend?: BackendFactory,
   ) {}
 
   /** `makeBackend` is for tests that inject faults into a real backend. */
-  static async start(config: Config, logger: Logger, makeBackend: BackendFactory = createBackend): Promise<{ daemon: Daemon; addresses: DaemonAddresses }> {
+  static async start(config: Config, logger: Logger, makeBackend?: BackendFactory): Promise<{ daemon: Daemon; addresses: DaemonAddresses }> {
     const daemon = new Daemon(config, logger, makeBackend);
     const addresses = await daemon.startServing();
     return { daemon, addresses };
@@ -120,7 +75,8 @@ export class Daemon {
   private async startServing(): Promise<DaemonAddresses> {
     const { config, logger, metrics } = this;
     const tls = loadTlsMaterial(config.tls);
-    this.keys = await openKeys(config, logger, metrics, this.makeBackend);
+    this.keys = await openKeySet(config, logger, this.makeBackend);
+    this.recordKeys(this.keys);
     metrics.watchBackends(() => this.keys.backends);
     if (this.keys.registry.size === 0) logger.warn('no keys loaded: every sign request will answer KEY_NOT_FOUND');
     if (config.audit.enabled) {
@@ -196,7 +152,7 @@ export class Daemon {
     try {
       next = load();
       tls = loadTlsMaterial(next.tls);
-      keys = await openKeys(next, logger, metrics, this.makeBackend);
+      keys = await openKeySet(next, logger, this.makeBackend);
     } catch (err) {
       metrics.reloadSuccess.set(0);
       metrics.reloadTime.set(Date.now() / 1000);
@@ -212,6 +168,7 @@ export class Daemon {
     }
     this.config = { ...next, listen: this.config.listen, metrics: this.config.metrics, audit: this.config.audit, compat: this.config.compat };
     this.keys = keys;
+    this.recordKeys(keys);
     this.v1.updateTls(serverTlsOptions(tls, next.tls.min_version, next.tls.handshake_timeout_ms));
     this.compat?.updateTls(serverTlsOptions(tls, this.config.compat.min_version, next.tls.handshake_timeout_ms));
     this.recordCertificates(tls.serverNotAfter, tls.clientCaNotAfter);
@@ -226,7 +183,14 @@ export class Daemon {
   private async retire(old: KeySet): Promise<void> {
     const giveUp = Date.now() + 60_000;
     while (old.registry.inflight > 0 && Date.now() < giveUp) await new Promise((r) => setTimeout(r, 50));
-    await Promise.allSettled(old.backends.map((b) => b.close()));
+    await closeKeySet(old);
+  }
+
+  private recordKeys(keys: KeySet): void {
+    this.metrics.keysLoaded.reset();
+    for (const backend of keys.backends) {
+      this.metrics.keysLoaded.set({ backend: backend.name }, keys.registry.list().filter((k) => k.handle.backend === backend).length);
+    }
   }
 
   private recordCertificates(serverNotAfter: Date, clientCaNotAfter: Date): void {
@@ -258,7 +222,7 @@ export class Daemon {
     await stopped;
     await this.audit?.close();
     await this.metricsServer?.stop();
-    await Promise.allSettled(this.keys.backends.map((b) => b.close()));
+    await closeKeySet(this.keys);
     if (this.config.pid_file) rmSync(this.config.pid_file, { force: true });
     this.logger.info('keylessd stopped');
   }

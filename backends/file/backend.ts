@@ -44,9 +44,10 @@ export class FileBackend implements Backend {
         const privateKey = parsePrivateKey(await readFile(file.path), passphrase);
         keys.push(new FileKey(file.name, this, privateKey));
       } catch (err) {
-        const reason = `${(err as Error).message}`;
+        // Parser messages describe the file ("is encrypted and ..."); the reason is a whole clause.
+        const reason = `it ${(err as Error).message}`;
         skipped.push({ source: file.path, reason });
-        this.logger.warn({ backend: this.name, file: file.path, reason }, `skipping key file ${file.path}: it ${reason}`);
+        this.logger.warn({ backend: this.name, file: file.path, reason }, `skipping key file ${file.path}: ${reason}`);
       }
     }
     return { keys, skipped };

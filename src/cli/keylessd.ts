@@ -7,7 +7,7 @@ import { Daemon } from '../daemon';
 import { DEFAULT_STATE_DIR, devConfig, ensureDevState, stateDir } from '../devstate';
 import { ConfigError } from '../errors';
 import { createLogger } from '../log';
-import { createBackend } from '../keys/backends';
+import { closeKeySet, openKeySet } from '../key-set';
 import { loadTlsMaterial } from '../server/tls';
 import { packageRoot } from '../util/package-root';
 
@@ -50,20 +50,10 @@ function fail(message: string): never {
 async function checkConfig(file: string, overrides: Override[]): Promise<void> {
   const config = loadConfigFile(file, overrides, (note) => process.stdout.write(`${file} (gokeyless.yaml): ${note.key}: ${note.why}\n`));
   loadTlsMaterial(config.tls);
-  const logger = createLogger('silent');
-  let keys = 0;
-  const skipped: string[] = [];
-  for (const entry of config.backends) {
-    const backend = createBackend(entry, logger);
-    try {
-      const opened = await backend.open();
-      keys += opened.keys.length;
-      skipped.push(...opened.skipped.map((s) => `  skipped ${s.source}: it ${s.reason}`));
-    } finally {
-      await backend.close();
-    }
-  }
-  process.stdout.write(`${file}: OK, ${keys} keys from ${config.backends.length} backend(s)\n${skipped.map((s) => `${s}\n`).join('')}`);
+  const keys = await openKeySet(config, createLogger('silent'));
+  await closeKeySet(keys);
+  const skipped = keys.skipped.map((s) => `  skipped ${s.source}: ${s.reason}\n`).join('');
+  process.stdout.write(`${file}: OK, ${keys.registry.size} keys from ${config.backends.length} backend(s)\n${skipped}`);
 }
 
 async function main(): Promise<void> {

@@ -48,5 +48,6 @@ export interface Backend {
 export interface SkippedKey {
   /** What was skipped: a file path, an object label, a key name. Never key material. */
   readonly source: string;
+  /** Why, readable after "<source>: ". Never key material or a secret. */
   readonly reason: string;
 }

@@ -1,9 +1,10 @@
 import { execFileSync, spawnSync } from 'node:child_process';
-import { generateKeyPairSync } from 'node:crypto';
+import { createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { envOverrides, loadConfigFile, validateConfig } from '../../src/config/load';
+import { describePublicKey } from '../../src/crypto/keyid';
 import { ConfigError } from '../../src/errors';
 import { makeTestPki } from '../helpers/pki';
 import { writeKeyDir } from '../helpers/daemon';
@@ -77,6 +78,16 @@ describe('keylessd --check-config', () => {
     const file = join(pki.dir, 'keylessd.yaml');
     writeFileSync(file, `tls: {cert: server.crt, key: server.key, client_ca: ca.crt}\nbackends:\n  - {type: file, dir: ${keys}}\n`);
     expect(execFileSync(process.execPath, [cli, '--check-config', file]).toString()).toContain('OK, 1 keys from 1 backend(s)');
+  });
+
+  test('reports what the daemon would not serve: a key two backends hold is served once', async () => {
+    const pki = await makeTestPki();
+    const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+    const [first, second] = [writeKeyDir([{ name: 'a', key }]), writeKeyDir([{ name: 'b', key }])];
+    const file = join(pki.dir, 'keylessd.yaml');
+    writeFileSync(file, `tls: {cert: server.crt, key: server.key, client_ca: ca.crt}\nbackends:\n  - {type: file, name: one, dir: ${first}}\n  - {type: file, name: two, dir: ${second}}\n`);
+    const ski = describePublicKey(createPublicKey(key).export({ format: 'der', type: 'spki' })).ski.toString('hex');
+    expect(execFileSync(process.execPath, [cli, '--check-config', file]).toString()).toBe(`${file}: OK, 1 keys from 2 backend(s)\n  skipped two/b: SKI ${ski} is already served by backend one\n`);
   });
 
   test('refuses a bad one with one line per problem and exit status 1', () => {

@@ -37,9 +37,9 @@ test('reads every container format and skips what it cannot use, naming file and
   logger.flush();
   expect(keys.map((k) => k.name).sort()).toEqual(['ed', 'encrypted', 'pkcs1', 'pkcs8', 'rsa1', 'sec1']);
   const reasons = Object.fromEntries(skipped.map((s) => [s.source.split('/').pop(), s.reason]));
-  expect(reasons['wrongpass.pem']).toBe('cannot be decrypted: wrong passphrase');
-  expect(reasons['k1.pem']).toMatch(/unsupported curve secp256k1/);
-  expect(reasons['public.pem']).toBe('holds a public key, not a private key');
+  expect(reasons['wrongpass.pem']).toBe('it cannot be decrypted: wrong passphrase');
+  expect(reasons['k1.pem']).toMatch(/^it .*unsupported curve secp256k1/);
+  expect(reasons['public.pem']).toBe('it holds a public key, not a private key');
   expect(reasons['small.pem']).toMatch(/2048 to 4096 bits, this one has 1024/);
   expect(reasons['notes.txt']).toMatch(/not a PEM or DER private key/);
   expect(reasons['pass']).toBeDefined();
@@ -63,5 +63,5 @@ test('listed files take their configured name; an encrypted one without passphra
   const backend = new FileBackend(fileBackendSchema.parse({ type: 'file', files: [{ path: join(dir, 'a.pem'), name: 'edge-key' }, { path: join(dir, 'b.pem') }] }), logger);
   const { keys, skipped } = await backend.open();
   expect(keys.map((k) => k.name)).toEqual(['edge-key']);
-  expect(skipped).toEqual([{ source: join(dir, 'b.pem'), reason: 'is encrypted and no passphrase_file is configured for it' }]);
+  expect(skipped).toEqual([{ source: join(dir, 'b.pem'), reason: 'it is encrypted and no passphrase_file is configured for it' }]);
 });

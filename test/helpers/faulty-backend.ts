@@ -1,7 +1,7 @@
 import { BackendUnavailableError } from '../../src/errors';
 import { createBackend } from '../../src/keys/backends';
 import type { Backend, KeyHandle } from '../../src/keys/types';
-import type { BackendFactory } from '../../src/daemon';
+import type { BackendFactory } from '../../src/key-set';
 
 export type FaultMode = 'ok' | 'hang' | 'fail';
 

@@ -1,5 +1,6 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import type { KeyObject } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { defaultShimPath } from '../../backends/cng';
@@ -31,4 +32,34 @@ export function startWine(): () => void {
     spawnSync('wineserver', ['-k'], { env: process.env, stdio: 'ignore', timeout: 30_000 });
     rmSync(prefix, { recursive: true, force: true });
   };
+}
+
+/**
+ * An executable for a `cng` backend's shim_path: the real shim under Wine with `keys`
+ * imported under their names before keylessd's first frame (importing-shim.ts). Written
+ * into `dir`; returns its path.
+ */
+export function prepareImportingShim(dir: string, keys: Readonly<Record<string, KeyObject>>): string {
+  const keyDir = join(dir, 'test-keys');
+  mkdirSync(keyDir, { recursive: true });
+  for (const [name, key] of Object.entries(keys)) writeFileSync(join(keyDir, `${name}.pem`), key.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600 });
+  const shimPath = join(dir, 'importing-shim');
+  writeFileSync(shimPath, `#!/bin/sh\nexec "${process.execPath}" -r "${join(__dirname, 'ts-register.js')}" "${join(__dirname, 'importing-shim.ts')}" "${keyDir}" "$@"\n`);
+  chmodSync(shimPath, 0o755);
+  return shimPath;
+}
+
+/** Pids of the Wine processes of this test file's WINEPREFIX whose command line contains `marker`. */
+export function winePids(marker: string): number[] {
+  const prefix = `WINEPREFIX=${process.env.WINEPREFIX}\0`;
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/cmdline`, 'utf8').includes(marker) && readFileSync(`/proc/${entry}/environ`, 'utf8').includes(prefix)) pids.push(Number(entry));
+    } catch {
+      // the process ended while we looked
+    }
+  }
+  return pids;
 }

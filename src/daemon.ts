@@ -1,7 +1,8 @@
 import type { AddressInfo } from 'node:net';
-import { writeFileSync, rmSync } from 'node:fs';
 import type { Config } from './config/schema';
-import { AuditLog } from './audit/log';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { AuditLog, type AuditEvent } from './audit/log';
+import { loadAuditSigner, type AuditSigner } from './audit/signing';
 import { ConfigError } from './errors';
 import { closeKeySet, openKeySet, type BackendFactory, type KeySet } from './key-set';
 import type { KeyRegistry } from './keys/registry';
@@ -21,11 +22,27 @@ export interface DaemonAddresses {
 
 async function openAudit(config: Config, logger: Logger, metrics: Metrics): Promise<AuditLog> {
   const path = config.audit.path!;
+  const signingKey = config.audit.signing_key;
+  let signer: AuditSigner | undefined;
+  if (signingKey !== undefined) {
+    try {
+      signer = loadAuditSigner(readFileSync(signingKey));
+    } catch (err) {
+      throw new ConfigError('audit.signing_key', `cannot use ${signingKey}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  } else {
+    logger.warn('audit.signing_key is not set: the audit log has no signed checkpoints, so cutting records off its end cannot be proven');
+  }
   try {
     return await AuditLog.open({
       path,
       maxBytes: config.audit.max_bytes,
       flushIntervalMs: config.audit.flush_interval_ms,
+      signer,
+      checkpointEveryRecords: config.audit.checkpoint_every_records,
+      checkpointIntervalMs: config.audit.checkpoint_interval_s * 1000,
+      keepFiles: config.audit.keep_files,
+      maxTotalBytes: config.audit.max_total_bytes,
       onWritten: (records) => metrics.auditRecords.inc(records),
       onWriteError: (err) => {
         metrics.auditWriteFailures.inc();
@@ -34,9 +51,37 @@ async function openAudit(config: Config, logger: Logger, metrics: Metrics): Prom
       onStateChange: (writable) => {
         if (writable) logger.warn({ path }, `the audit log ${path} is writable again`);
       },
+      onEvent: (event) => reportAuditEvent(event, path, logger, metrics),
     });
   } catch (err) {
     throw new ConfigError('audit.path', `cannot open the audit log ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+}
+
+/** Every repair of the audit log is logged (at error where records may have been lost) and counted. */
+function reportAuditEvent(event: AuditEvent, path: string, logger: Logger, metrics: Metrics): void {
+  metrics.auditEvents.inc({ event: event.type });
+  switch (event.type) {
+    case 'checkpoint':
+      // Shipped off the host with the logs: an anchor for `keylessctl audit verify --anchor`.
+      logger.info({ audit_checkpoint: JSON.parse(event.line) as unknown }, 'audit checkpoint');
+      return;
+    case 'retention':
+      logger.info({ path, removed: event.removed }, `audit retention removed ${event.removed.join(', ')}`);
+      return;
+    case 'genesis':
+      logger.info({ path }, `started a new audit log at ${path}`);
+      return;
+    case 'reopened':
+      logger.error({ path, reason: event.reason }, `audit log tampering: ${event.reason}; a new file continues the chain`);
+      return;
+    case 'resumed':
+    case 'removed_duplicate':
+      logger.warn({ path, file: event.file }, `audit log: ${'detail' in event ? event.detail : event.reason}`);
+      return;
+    case 'set_aside':
+      logger.error({ path, file: event.file, bytes: event.bytes, sha256: event.sha256 }, `audit log: ${event.reason}; ${event.bytes} bytes set aside in ${event.file}`);
+      return;
   }
 }
 

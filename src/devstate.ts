@@ -1,7 +1,7 @@
 import { generateKeyPairSync } from 'node:crypto';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { PKI_FILES, initPki } from './pki/init';
+import { PKI_FILES, initPki, writeAuditSigningKey } from './pki/init';
 
 /**
  * The embedded default: what `keylessd` serves when started with no config file. A
@@ -40,6 +40,11 @@ export async function ensureDevState(dir: string): Promise<boolean> {
     });
     created = true;
   }
+  if (!existsSync(join(pkiDir(dir), PKI_FILES.auditSigningKey))) {
+    // A state folder made before audit signing existed gets its key now.
+    await writeAuditSigningKey(pkiDir(dir));
+    created = true;
+  }
   const keys = join(dir, 'keys');
   mkdirSync(keys, { recursive: true, mode: 0o700 });
   for (const [name, generate] of Object.entries(DEMO_KEYS)) {
@@ -60,6 +65,6 @@ export function devConfig(dir: string): Record<string, unknown> {
     metrics: { host: '127.0.0.1', port: 2406 },
     backends: [{ type: 'file', name: 'demo', dir: join(dir, 'keys') }],
     keys: { 'demo-rsa2048': { decrypt: true } },
-    audit: { path: join(dir, 'audit.log') },
+    audit: { path: join(dir, 'audit.log'), signing_key: join(pki, PKI_FILES.auditSigningKey) },
   };
 }

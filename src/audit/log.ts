@@ -1,8 +1,11 @@
-import { closeSync, fstatSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, linkSync, openSync, readSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { open, rename, type FileHandle } from 'node:fs/promises';
-import { basename } from 'node:path';
+import { basename, dirname } from 'node:path';
 import { BackendUnavailableError } from '../errors';
-import { GENESIS, lineHash } from './chain';
+import { lineHash } from './chain';
+import { nextFileName, parseRecord, rotatedFiles, rotatedName } from './files';
+import { freshName, moveExclusive, recoverLog, syncDirectory, type RecoveryEvent } from './recover';
+import type { AuditSigner } from './signing';
 
 /** One private-key operation or denial, as written to the log (seq and prev are added). */
 export interface AuditRecord {
@@ -20,15 +23,34 @@ export interface AuditRecord {
   readonly context?: Readonly<Record<string, string | number>>;
 }
 
+/** What the log tells its owner, to be logged and counted. */
+export type AuditEvent =
+  | RecoveryEvent
+  | { readonly type: 'genesis' | 'resumed'; readonly file: string; readonly detail: string }
+  | { readonly type: 'reopened'; readonly reason: string }
+  | { readonly type: 'checkpoint'; readonly line: string }
+  | { readonly type: 'retention'; readonly removed: readonly string[] };
+
 export interface AuditLogOptions {
   readonly path: string;
   readonly maxBytes: number;
   readonly flushIntervalMs: number;
+  /** Signs checkpoints and retention records; without it neither is signed and no checkpoint is written. */
+  readonly signer?: AuditSigner;
+  /** A checkpoint after this many records… */
+  readonly checkpointEveryRecords?: number;
+  /** …or this long after the last one, if any record was written since; and one at close. */
+  readonly checkpointIntervalMs?: number;
+  /** Retention: rotated files kept at most (oldest deleted first, with a retention record). */
+  readonly keepFiles?: number;
+  /** Retention: bytes of all files together at most. */
+  readonly maxTotalBytes?: number;
   /** Called when the log stops or starts being writable again. */
   readonly onStateChange?: (writable: boolean, error?: Error) => void;
   readonly onWritten?: (records: number) => void;
   /** Called for every failed write attempt (including retries). */
   readonly onWriteError?: (error: Error) => void;
+  readonly onEvent?: (event: AuditEvent) => void;
 }
 
 /** Serialises a record; the dispatcher builds the same JSON faster from per-session parts. */
@@ -37,22 +59,52 @@ export function serializeAuditRecord(record: AuditRecord): string {
 }
 
 interface Pending {
-  /** The record as a JSON object text; the chain fields are prepended when it is written. */
-  readonly json: string;
+  /** The whole line (without newline) for record `seq` whose predecessor hashes to `prev`. */
+  readonly line: (seq: number, prev: string) => string;
   readonly resolve: () => void;
   readonly reject: (err: Error) => void;
 }
 
 const RETRY_MS = 1000;
+const NOTHING = () => {};
+
+/** `{"seq":…,"prev":…,<fields of json>}`: the chain fields always come first. */
+function chained(json: string, seq: number, prev: string): string {
+  return json === '{}' ? `{"seq":${seq},"prev":"${prev}"}` : `{"seq":${seq},"prev":"${prev}",${json.slice(1)}`;
+}
+
+/** The first record of a file: its seq and prev say where in the chain the file starts. */
+function firstRecord(path: string): { seq: number; prev: string } | undefined {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch {
+    return undefined;
+  }
+  try {
+    const buffer = Buffer.alloc(64 * 1024);
+    const length = readSync(fd, buffer, 0, buffer.length, 0);
+    const end = buffer.subarray(0, length).indexOf(0x0a);
+    const record = parseRecord(buffer.subarray(0, end < 0 ? length : end).toString('utf8'));
+    return record && { seq: record.seq, prev: record.prev };
+  } finally {
+    closeSync(fd);
+  }
+}
 
 /**
  * The tamper-evident audit log: JSON lines, each carrying `seq` and `prev`, the SHA-256
- * of the line before it. Records are batched: many appends share one write, and the
- * promise append() returns settles when its record has been written (handed to the OS);
- * fsync follows within flushIntervalMs. Records are linked into the chain as they are
- * written, so a rotation's link record and a failed write never break it: a failed write
- * marks the log unwritable (the daemon then refuses key operations), its records stay
- * queued in order, and the write is retried until it succeeds.
+ * of the line before it; a new log starts with a genesis record. Records are batched:
+ * many appends share one write, and the promise append() returns settles when its record
+ * has been written (handed to the OS); fsync follows within flushIntervalMs.
+ *
+ * Nothing is lost or silently restarted: a start continues the chain from the newest
+ * record on disk (see recoverLog); rotation links the full file to its rotated name
+ * before a new file replaces it, so a crash at any point leaves every record in some file;
+ * a file removed or replaced while the daemon runs is noticed before the next batch and a
+ * new file continues the chain, saying so. A failed write marks the log unwritable (the
+ * daemon then refuses key operations), its records stay queued in order, and the write is
+ * retried until it succeeds.
  */
 export class AuditLog {
   private queue: Pending[] = [];
@@ -61,31 +113,61 @@ export class AuditLog {
   private dirty = false;
   private ok = true;
   private closed = false;
-  private readonly fsyncTimer: NodeJS.Timeout;
+  private readonly timer: NodeJS.Timeout;
   private retryTimer?: NodeJS.Timeout;
   /** Bytes of a chunk the disk took only part of; they go out before anything else. */
   private tail?: Buffer;
+  private sinceCheckpoint = 0;
+  private lastCheckpoint = Date.now();
+  private retentionDue = false;
 
   private constructor(
     private readonly options: AuditLogOptions,
     private file: FileHandle,
+    private identity: { ino: number; dev: number },
     private size: number,
     private seq: number,
     private prev: string,
   ) {
-    this.fsyncTimer = setInterval(() => void this.sync(), options.flushIntervalMs).unref();
+    this.timer = setInterval(() => void this.tick(), options.flushIntervalMs).unref();
   }
 
-  /** Opens (or creates) the log and continues the chain from its last record. */
+  /** Opens (or creates) the log and continues the chain from the newest record on disk. */
   static async open(options: AuditLogOptions): Promise<AuditLog> {
-    const { seq, prev, size, complete } = readTail(options.path);
-    const file = await open(options.path, 'a', 0o640);
-    const log = new AuditLog(options, file, size, seq, prev);
-    if (!complete) {
-      // A crash mid-write left a partial line: set it aside as a rotated file (verify will
-      // report it) and continue the chain from the last complete record in a new file.
-      await log.rotate('the previous file ended with an incomplete record');
+    const { path } = options;
+    const recovered = recoverLog(path);
+    let { seq, prev } = recovered.head;
+    const firstLines: Array<(seq: number, prev: string) => string> = [];
+    const events: AuditEvent[] = [...recovered.events];
+    if (recovered.currentSize === undefined) {
+      const time = new Date().toISOString();
+      if (recovered.continues) {
+        const detail = `${basename(path)} was missing at start; the chain continues from ${basename(recovered.continues)}`;
+        firstLines.push((s, p) => chained(JSON.stringify({ type: 'rotate', time, prev_file: basename(recovered.continues!), note: detail }), s, p));
+        events.push({ type: 'resumed', file: basename(recovered.continues), detail });
+      } else {
+        firstLines.push((s, p) => chained(JSON.stringify({ type: 'genesis', time, log: 'keylessd audit log' }), s, p));
+        events.push({ type: 'genesis', file: basename(path), detail: 'a new audit log was started' });
+      }
     }
+    for (const event of recovered.events) {
+      firstLines.push((s, p) => chained(JSON.stringify({ time: new Date().toISOString(), ...event }), s, p));
+    }
+    let size = recovered.currentSize ?? 0;
+    let file: FileHandle;
+    if (recovered.currentSize === undefined) {
+      const first = firstLines.shift()!(seq + 1, prev);
+      file = await createFileWith(path, first);
+      seq += 1;
+      prev = lineHash(first);
+      size = Buffer.byteLength(first) + 1;
+    } else {
+      file = await open(path, 'a', 0o640);
+    }
+    const stat = await file.stat();
+    const log = new AuditLog(options, file, { ino: stat.ino, dev: stat.dev }, size, seq, prev);
+    for (const event of events) options.onEvent?.(event);
+    await Promise.all(firstLines.map((line) => log.enqueue(line)));
     return log;
   }
 
@@ -95,14 +177,9 @@ export class AuditLog {
 
   /** `json` is one record serialised as a JSON object (see serializeAuditRecord). */
   append(json: string): Promise<void> {
-    if (this.closed) return Promise.reject(new BackendUnavailableError('the audit log is closed'));
-    return new Promise((resolve, reject) => {
-      this.queue.push({ json, resolve, reject });
-      if (!this.scheduled && !this.writing) {
-        this.scheduled = true;
-        setImmediate(() => void this.drain());
-      }
-    });
+    const written = this.enqueue((seq, prev) => chained(json, seq, prev));
+    if (this.options.signer && ++this.sinceCheckpoint >= (this.options.checkpointEveryRecords ?? 10_000)) void this.checkpoint().catch(NOTHING);
+    return written;
   }
 
   /** Writes everything queued and fsyncs. */
@@ -111,16 +188,47 @@ export class AuditLog {
     await this.sync();
   }
 
+  /** Writes a last checkpoint, flushes and closes. */
   async close(): Promise<void> {
+    if (this.closed) return;
+    if (this.options.signer && this.sinceCheckpoint > 0) void this.checkpoint().catch(NOTHING);
     await this.flush();
     this.closed = true;
-    clearInterval(this.fsyncTimer);
+    clearInterval(this.timer);
     clearTimeout(this.retryTimer);
     await this.file.close();
   }
 
-  private format(json: string, seq: number, prev: string): string {
-    return json === '{}' ? `{"seq":${seq},"prev":"${prev}"}` : `{"seq":${seq},"prev":"${prev}",${json.slice(1)}`;
+  private enqueue(line: Pending['line']): Promise<void> {
+    if (this.closed) return Promise.reject(new BackendUnavailableError('the audit log is closed'));
+    return new Promise((resolve, reject) => {
+      this.queue.push({ line, resolve, reject });
+      if (!this.scheduled && !this.writing) {
+        this.scheduled = true;
+        setImmediate(() => void this.drain());
+      }
+    });
+  }
+
+  /** A signed record stating that record `seq - 1` hashes to `prev`: an anchor for third parties. */
+  private checkpoint(): Promise<void> {
+    const signer = this.options.signer!;
+    this.sinceCheckpoint = 0;
+    this.lastCheckpoint = Date.now();
+    let written = '';
+    return this.enqueue((seq, prev) => {
+      written = signer.sign(chained(JSON.stringify({ type: 'checkpoint', time: new Date().toISOString(), key_id: signer.keyId }), seq, prev));
+      return written;
+    }).then(() => this.options.onEvent?.({ type: 'checkpoint', line: written }));
+  }
+
+  private async tick(): Promise<void> {
+    if (this.closed) return;
+    if (!this.writing && !this.scheduled) void this.drain();
+    if (this.options.signer && this.sinceCheckpoint > 0 && Date.now() - this.lastCheckpoint >= (this.options.checkpointIntervalMs ?? 60_000)) {
+      void this.checkpoint().catch(NOTHING);
+    }
+    await this.sync();
   }
 
   private async drain(): Promise<void> {
@@ -128,14 +236,54 @@ export class AuditLog {
     if (this.writing) return;
     this.writing = true;
     try {
+      if (!(await this.checkFile())) return;
       if (this.tail && !(await this.writeTail())) return;
       while (this.queue.length > 0 && !this.closed) {
+        if (!(await this.checkFile())) return;
         const batch = this.queue;
         this.queue = [];
         if (!(await this.writeBatch(batch))) return;
       }
+      if (this.retentionDue) this.applyRetention();
     } finally {
       this.writing = false;
+    }
+  }
+
+  /**
+   * Whether the path still names the file being written. Someone removing or replacing it
+   * would otherwise make every later record vanish with it; instead a new file continues
+   * the chain, with a record saying what happened. false: the new file could not be made.
+   */
+  private async checkFile(): Promise<boolean> {
+    const { path } = this.options;
+    const current = statSync(path, { throwIfNoEntry: false });
+    if (current && current.ino === this.identity.ino && current.dev === this.identity.dev) return true;
+    // A partial chunk belonged to the vanished file; the new file continues from the last whole record.
+    this.tail = undefined;
+    let reason = current ? `${basename(path)} was replaced by another file while the daemon ran` : `${basename(path)} was removed while the daemon ran`;
+    try {
+      if (current) {
+        const aside = freshName(path, 'foreign');
+        moveExclusive(path, aside);
+        reason += ` (that file was set aside as ${basename(aside)})`;
+      }
+      const line = chained(JSON.stringify({ type: 'reopen', time: new Date().toISOString(), reason }), this.seq + 1, this.prev);
+      const file = await createFileWith(path, line);
+      await this.file.close().catch(NOTHING);
+      this.file = file;
+      const stat = await file.stat();
+      this.identity = { ino: stat.ino, dev: stat.dev };
+      this.seq += 1;
+      this.prev = lineHash(line);
+      this.size = Buffer.byteLength(line) + 1;
+      this.options.onEvent?.({ type: 'reopened', reason });
+      return true;
+    } catch (err) {
+      // Nowhere to write: what is queued is refused now, and kept to be written on the retry.
+      const queued = this.queue.splice(0);
+      this.fail(err as Error, queued, queued);
+      return false;
     }
   }
 
@@ -149,7 +297,7 @@ export class AuditLog {
       let bytes = 0;
       const start = next;
       while (next < batch.length) {
-        const line = `${this.format(batch[next]!.json, seq + 1, prev)}\n`;
+        const line = `${batch[next]!.line(seq + 1, prev)}\n`;
         const length = Buffer.byteLength(line);
         if (this.size + bytes + length > this.options.maxBytes && this.size + bytes > 0) break;
         data += line;
@@ -168,7 +316,7 @@ export class AuditLog {
         continue;
       }
       const buffer = Buffer.from(data);
-      const written = await this.writeFully(buffer);
+      const written = this.writeFully(buffer);
       if (written.error && written.bytes === 0) {
         this.fail(written.error, batch.slice(start), batch.slice(start, next));
         return false;
@@ -195,7 +343,7 @@ export class AuditLog {
    * Synchronous on purpose: a batch goes to the page cache in microseconds, while a trip
    * through the libuv pool added ~0.1 ms to every answer. fdatasync stays asynchronous.
    */
-  private async writeFully(buffer: Buffer): Promise<{ bytes: number; error?: Error }> {
+  private writeFully(buffer: Buffer): { bytes: number; error?: Error } {
     let bytes = 0;
     try {
       while (bytes < buffer.length) bytes += writeSync(this.file.fd, buffer, bytes);
@@ -206,7 +354,7 @@ export class AuditLog {
   }
 
   private async writeTail(): Promise<boolean> {
-    const written = await this.writeFully(this.tail!);
+    const written = this.writeFully(this.tail!);
     if (written.error) {
       this.tail = this.tail!.subarray(written.bytes);
       this.fail(written.error, [], []);
@@ -228,7 +376,7 @@ export class AuditLog {
     this.options.onWriteError?.(err);
     const refusal = new BackendUnavailableError('the audit log cannot be written; the operation was not acknowledged');
     for (const p of failedChunk) p.reject(refusal);
-    const requeued: Pending[] = unwritten.map((p) => (failedChunk.includes(p) ? { json: p.json, resolve: () => {}, reject: () => {} } : p));
+    const requeued: Pending[] = unwritten.map((p) => (failedChunk.includes(p) ? { line: p.line, resolve: NOTHING, reject: NOTHING } : p));
     // (After a partial write the failed chunk is already in the chain and `unwritten` excludes it.)
     this.queue = requeued.concat(this.queue);
     if (wasOk) this.options.onStateChange?.(false, err);
@@ -250,43 +398,91 @@ export class AuditLog {
     });
   }
 
-  /** Renames the current file to PATH.<last seq> and starts a new one with a link record. */
-  private async rotate(note?: string): Promise<void> {
-    await this.file.datasync().catch(() => {});
-    await this.file.close();
-    const rotated = `${this.options.path}.${String(this.seq).padStart(12, '0')}`;
-    await rename(this.options.path, rotated);
-    this.file = await open(this.options.path, 'a', 0o640);
-    const line = this.format(JSON.stringify({ type: 'rotate', time: new Date().toISOString(), prev_file: basename(rotated), ...(note ? { note } : {}) }), this.seq + 1, this.prev);
-    await this.file.write(`${line}\n`);
+  /**
+   * Starts a new file, crash-safely and without overwriting anything: the full file is
+   * synced and hard-linked to PATH.<last seq> (link fails rather than replace an existing
+   * file), then a new file holding the link record is written beside it, synced, and
+   * renamed over PATH. A crash before the rename leaves PATH and its rotated name as one
+   * file, which the next start recognises; after it, the rotation is complete.
+   */
+  private async rotate(): Promise<void> {
+    const { path } = this.options;
+    await this.file.datasync();
+    const rotated = rotatedName(path, this.seq);
+    // link() fails with EEXIST rather than replace a file: a rotated file is never overwritten.
+    linkSync(path, rotated);
+    syncDirectory(dirname(path));
+    const line = chained(JSON.stringify({ type: 'rotate', time: new Date().toISOString(), prev_file: basename(rotated) }), this.seq + 1, this.prev);
+    const next = await createFileWith(path, line);
+    await this.file.close().catch(NOTHING);
+    this.file = next;
+    const stat = await next.stat();
+    this.identity = { ino: stat.ino, dev: stat.dev };
     this.seq += 1;
     this.prev = lineHash(line);
     this.size = Buffer.byteLength(line) + 1;
+    if (this.options.keepFiles !== undefined || this.options.maxTotalBytes !== undefined) this.retentionDue = true;
+  }
+
+  /**
+   * Deletes the oldest rotated files beyond keep_files / max_total_bytes. A (signed)
+   * retention record naming them and where the kept chain starts is written and synced
+   * first, so verify can tell retention from deletion.
+   */
+  private applyRetention(): void {
+    this.retentionDue = false;
+    const { path, keepFiles, maxTotalBytes } = this.options;
+    const rotated = rotatedFiles(path);
+    const sizes = rotated.map((file) => statSync(file, { throwIfNoEntry: false })?.size ?? 0);
+    let total = sizes.reduce((a, b) => a + b, 0) + this.size;
+    let remove = 0;
+    while (remove < rotated.length && ((keepFiles !== undefined && rotated.length - remove > keepFiles) || (maxTotalBytes !== undefined && total > maxTotalBytes))) {
+      total -= sizes[remove]!;
+      remove += 1;
+    }
+    if (remove === 0) return;
+    const removed = rotated.slice(0, remove);
+    const keptFrom = firstRecord(rotated[remove] ?? path);
+    if (!keptFrom) return;
+    const description = removed.map((file) => ({ file: basename(file), ...rangeOf(file) }));
+    const signer = this.options.signer;
+    void this.enqueue((seq, prev) => {
+      const unsigned = chained(
+        JSON.stringify({ type: 'retention', time: new Date().toISOString(), removed: description, kept_from: keptFrom, ...(signer ? { key_id: signer.keyId } : {}) }),
+        seq,
+        prev,
+      );
+      return signer ? signer.sign(unsigned) : unsigned;
+    })
+      .then(() => this.flush())
+      .then(() => {
+        for (const file of removed) unlinkSync(file);
+        syncDirectory(dirname(path));
+        this.options.onEvent?.({ type: 'retention', removed: removed.map((f) => basename(f)) });
+      })
+      .catch((err: Error) => this.options.onWriteError?.(err));
   }
 }
 
-/** The chain state at the end of an existing log file (or genesis for a new one). */
-function readTail(path: string): { seq: number; prev: string; size: number; complete: boolean } {
-  let fd: number;
+function rangeOf(file: string): { first_seq?: number; last_seq?: number } {
+  const first = firstRecord(file);
+  const last = Number(/\.(\d{12})$/.exec(file)?.[1]);
+  return { first_seq: first?.seq, last_seq: Number.isFinite(last) ? last : undefined };
+}
+
+/** Creates `path` holding `line`, atomically: written and synced beside it, then renamed into place. */
+async function createFileWith(path: string, line: string): Promise<FileHandle> {
+  const temp = nextFileName(path);
+  const file = await open(temp, 'wx', 0o640);
   try {
-    fd = openSync(path, 'r');
-  } catch {
-    return { seq: 0, prev: GENESIS, size: 0, complete: true };
+    await file.write(`${line}\n`);
+    await file.datasync();
+  } catch (err) {
+    await file.close().catch(NOTHING);
+    throw err;
   }
-  try {
-    const size = fstatSync(fd).size;
-    if (size === 0) return { seq: 0, prev: GENESIS, size: 0, complete: true };
-    const length = Math.min(size, 1 << 20);
-    const buffer = Buffer.alloc(length);
-    readSync(fd, buffer, 0, length, size - length);
-    const text = buffer.toString('utf8');
-    const complete = text.endsWith('\n');
-    const lines = text.split('\n').filter((l) => l.length > 0);
-    const last = complete ? lines[lines.length - 1] : lines[lines.length - 2];
-    if (last === undefined) throw new Error(`${path}: cannot find a complete record in its last MiB`);
-    const parsed = JSON.parse(last) as { seq: number };
-    return { seq: parsed.seq, prev: lineHash(last), size, complete };
-  } finally {
-    closeSync(fd);
-  }
+  await file.close();
+  await rename(temp, path);
+  syncDirectory(dirname(path));
+  return open(path, 'a', 0o640);
 }

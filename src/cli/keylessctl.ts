@@ -2,6 +2,7 @@
 import { ConnectionError, RemoteError } from '../client/errors';
 import { KeylessError } from '../errors';
 import { UsageError } from './ctl/connection';
+import { audit } from './ctl/audit';
 import { bench } from './ctl/bench';
 import * as commands from './ctl/commands';
 
@@ -12,7 +13,7 @@ const COMMANDS: Readonly<Record<string, commands.Command>> = {
   sign: commands.sign,
   decrypt: commands.decrypt,
   pki: commands.pki,
-  audit: commands.audit,
+  audit,
   config: commands.config,
   bench,
 };

@@ -113,7 +113,7 @@ function resolvePaths(config: Config, baseDir: string): Config {
     ...config,
     tls: { ...config.tls, cert: at(config.tls.cert), key: at(config.tls.key), client_ca: at(config.tls.client_ca), crl: maybe(config.tls.crl) },
     pid_file: maybe(config.pid_file),
-    audit: { ...config.audit, path: at(config.audit.path ?? DEFAULT_AUDIT_PATH) },
+    audit: { ...config.audit, path: at(config.audit.path ?? DEFAULT_AUDIT_PATH), signing_key: maybe(config.audit.signing_key) },
     backends: config.backends.map((backend) => {
       switch (backend.type) {
         case 'file':

@@ -117,6 +117,12 @@ export class Metrics {
     help: 'Failed writes to the audit log.',
     registers: [this.registry],
   });
+  readonly auditEvents = new Counter({
+    name: 'keyless_audit_events_total',
+    help: 'Repairs and milestones of the audit log, by event: set_aside (a damaged tail moved aside at start), resumed (the current file was missing at start), reopened (the file was removed or replaced while running), checkpoint, retention.',
+    labelNames: ['event'] as const,
+    registers: [this.registry],
+  });
   readonly certificateExpiry = new Gauge({
     name: 'keyless_certificate_expiry_timestamp_seconds',
     help: 'When a configured certificate expires (Unix time), by listener and role (server, client_ca).',

@@ -1,3 +1,4 @@
+import { generateKeyPairSync } from 'node:crypto';
 import { mkdir, writeFile, access } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createCa, issueCertificate, type CertificateAndKey } from './certificates';
@@ -23,6 +24,8 @@ export const PKI_FILES = {
   serverKey: 'server.key',
   clientCert: 'client.crt',
   clientKey: 'client.key',
+  auditSigningKey: 'audit-signing.key',
+  auditPublicKey: 'audit-signing.pub',
 } as const;
 
 async function exists(path: string): Promise<boolean> {
@@ -62,4 +65,15 @@ export async function initPki(dir: string, options: PkiOptions): Promise<void> {
   await writePair(dir, PKI_FILES.caCert, PKI_FILES.caKey, ca);
   await writePair(dir, PKI_FILES.serverCert, PKI_FILES.serverKey, server);
   await writePair(dir, PKI_FILES.clientCert, PKI_FILES.clientKey, client);
+  await writeAuditSigningKey(dir);
+}
+
+/**
+ * The audit signing key (Ed25519): signs the audit log's checkpoints. Separate from every
+ * served key and from the TLS keys; its public half goes to whoever checks the log.
+ */
+export async function writeAuditSigningKey(dir: string): Promise<void> {
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  await writeFile(join(dir, PKI_FILES.auditSigningKey), privateKey.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600, flag: 'wx' });
+  await writeFile(join(dir, PKI_FILES.auditPublicKey), publicKey.export({ format: 'pem', type: 'spki' }), { mode: 0o644, flag: 'wx' });
 }

@@ -37,7 +37,9 @@ test('an untouched log verifies across rotations, and restarts continue the chai
   await writeLog(dir, 300, 8192);
   const files = await writeLog(dir, 50, 8192); // reopened: continues from the last record
   expect(files.length).toBeGreaterThan(3);
-  expect(verifyAuditFiles(files)).toEqual({ ok: true, records: 350 + files.length - 1 });
+  // 350 records, the genesis record, and one link record per rotated file.
+  expect(verifyAuditFiles(files)).toMatchObject({ ok: true, records: 350 + 1 + files.length - 1, firstSeq: 1 });
+  expect(JSON.parse(readFileSync(files[0]!, 'utf8').split('\n')[0]!)).toMatchObject({ seq: 1, type: 'genesis' });
   const first = JSON.parse(readFileSync(files[1]!, 'utf8').split('\n')[0]!);
   expect(first).toMatchObject({ type: 'rotate', prev_file: files[0]!.split('/').pop() });
 });
@@ -51,8 +53,13 @@ describe('tampering is found at the right file and line', () => {
   });
 
   test('one byte changed', () => {
-    editLines(path, (lines) => lines.map((l, i) => (i === 9 ? l.replace('"duration_ms":2', '"duration_ms":3') : l)));
-    expect(verifyAuditFiles([path])).toMatchObject({ ok: false, file: path, line: 10, reason: expect.stringContaining('record 10 was altered') });
+    editLines(path, (lines) => lines.map((l, i) => (i === 9 ? l.replace('"duration_ms":1', '"duration_ms":3') : l)));
+    expect(verifyAuditFiles([path])).toMatchObject({ ok: false, file: path, line: 10, reason: expect.stringContaining('record 10 was altered: its hash') });
+  });
+
+  test('a record\'s prev changed: that record is blamed, not its neighbour', () => {
+    editLines(path, (lines) => lines.map((l, i) => (i === 9 ? l.replace(/"prev":"[0-9a-f]{4}/, '"prev":"0000') : l)));
+    expect(verifyAuditFiles([path])).toMatchObject({ ok: false, file: path, line: 10, reason: expect.stringContaining('record 10 was altered: its prev') });
   });
 
   test('a line deleted', () => {
@@ -68,7 +75,7 @@ describe('tampering is found at the right file and line', () => {
   test('a truncated last line', () => {
     const text = readFileSync(path, 'utf8');
     writeFileSync(path, text.slice(0, text.length - 20));
-    expect(verifyAuditFiles([path])).toMatchObject({ ok: false, file: path, line: 20, reason: expect.stringContaining('truncated') });
+    expect(verifyAuditFiles([path])).toMatchObject({ ok: false, file: path, line: 21, reason: expect.stringContaining('truncated') });
   });
 
   test('a rotated file missing from the middle', async () => {
@@ -91,14 +98,14 @@ test('keylessctl audit verify prints the count or the broken record, with the ex
   const dir = mkdtempSync(join(tmpdir(), 'keylessd-audit-'));
   const [path] = await writeLog(dir, 5);
   const cli = join(__dirname, '..', '..', 'dist', 'src', 'cli', 'keylessctl.js');
-  expect(execFileSync(process.execPath, [cli, 'audit', 'verify', path!]).toString()).toBe('OK: 5 records verified in 1 file(s)\n');
+  expect(execFileSync(process.execPath, [cli, 'audit', 'verify', path!]).toString()).toBe('OK: 6 records (1–6) verified in 1 file(s), 0 checkpoints\n');
   editLines(path!, (lines) => lines.filter((_, i) => i !== 2));
   try {
     execFileSync(process.execPath, [cli, 'audit', 'verify', path!], { stdio: 'pipe' });
     throw new Error('expected a failure');
   } catch (err) {
     expect((err as { status: number }).status).toBe(1);
-    expect((err as { stderr: Buffer }).stderr.toString()).toBe(`keylessctl: audit log broken at ${path}:3: expected record 3, found 4: records were deleted, reordered or inserted\n`);
+    expect((err as { stderr: Buffer }).stderr.toString()).toBe(`keylessctl: audit log broken at ${path}:3: expected record 3, found 4: record 3 is missing: deleted\n`);
   }
 });
 
@@ -149,5 +156,5 @@ async function fillTheDisk(disk: string): Promise<void> {
   await log.close();
   expect(states).toEqual([false, true]);
   // The record that could not be acknowledged was still written, in order, once space returned.
-  expect(verifyAuditFiles([path])).toEqual({ ok: true, records: appended + 1 });
+  expect(verifyAuditFiles([path])).toMatchObject({ ok: true, records: appended + 2 });
 }

@@ -34,7 +34,7 @@ afterAll(async () => {
 });
 
 test('the first run creates a development PKI and the demo keys', () => {
-  expect(readdirSync(join(stateDir, 'pki')).sort()).toEqual(['ca.crt', 'ca.key', 'client.crt', 'client.key', 'server.crt', 'server.key']);
+  expect(readdirSync(join(stateDir, 'pki')).sort()).toEqual(['audit-signing.key', 'audit-signing.pub', 'ca.crt', 'ca.key', 'client.crt', 'client.key', 'server.crt', 'server.key']);
   expect(readdirSync(join(stateDir, 'keys')).sort()).toEqual(['demo-ed25519.pem', 'demo-p256.pem', 'demo-rsa2048.pem']);
 });
 

@@ -1,5 +1,6 @@
 import { generateKeyPairSync } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { verifyAuditFiles } from '../../src/audit/verify';
 import { issueCertificate, type CertificateAndKey } from '../../src/pki/certificates';
@@ -58,7 +59,8 @@ test('an allowed group signs; another gets FORBIDDEN, audited, counted and hidde
   expect(text).toMatch(/^keyless_sessions_active\{listener="keyless.v1"\} 2$/m);
 
   const records = auditRecords(server);
-  expect(records).toHaveLength(4);
+  expect(records[0]).toMatchObject({ seq: 1, type: 'genesis' });
+  expect(records).toHaveLength(5);
   const denial = records.find((r) => r.result === 'FORBIDDEN')!;
   expect(denial).toMatchObject({
     operation: 'sign',
@@ -68,7 +70,7 @@ test('an allowed group signs; another gets FORBIDDEN, audited, counted and hidde
     client: { subject: expect.stringContaining('CN=edge-iad1'), fingerprint: expect.stringMatching(/^[0-9a-f]{64}$/) },
     peer: expect.stringMatching(/^127\.0\.0\.1:\d+$/),
   });
-  expect(verifyAuditFiles([join(server.pki.dir, 'audit.log')])).toEqual({ ok: true, records: 4 });
+  expect(verifyAuditFiles([join(server.pki.dir, 'audit.log')])).toMatchObject({ ok: true, records: 5 });
   await eu.close();
   await us.close();
 });
@@ -86,27 +88,32 @@ test('the request context is recorded in the audit log', async () => {
 });
 
 describe('an audit log that cannot be written', () => {
-  test('refuses key operations with BACKEND_UNAVAILABLE and reports not ready', async () => {
-    const broken = await startDaemon(
-      { backends: [{ type: 'file', dir: writeKeyDir([{ name: 'k', key: generateKeyPairSync('ed25519').privateKey }]) }], audit: { path: '/dev/full' } },
+  /** A daemon whose audit folder is removed once it serves: the log can then not be reopened. */
+  async function withLostAuditFolder(onFailure: 'refuse' | 'continue') {
+    const folder = mkdtempSync(join(tmpdir(), 'keylessd-audit-folder-'));
+    const daemon = await startDaemon(
+      { backends: [{ type: 'file', dir: writeKeyDir([{ name: 'k', key: generateKeyPairSync('ed25519').privateKey }]) }], audit: { path: join(folder, 'audit.log'), on_failure: onFailure } },
       server.pki,
     );
+    rmSync(folder, { recursive: true });
+    return daemon;
+  }
+
+  test('refuses key operations with BACKEND_UNAVAILABLE and reports not ready', async () => {
+    const broken = await withLostAuditFolder('refuse');
     const session = await broken.connect();
     await expect(session.sign({ name: 'k' }, 'ED25519', { message })).rejects.toMatchObject({ code: 'BACKEND_UNAVAILABLE' });
     await expect(session.sign({ name: 'k' }, 'ED25519', { message })).rejects.toMatchObject({ code: 'BACKEND_UNAVAILABLE' });
     const ready = await fetch(`http://127.0.0.1:${broken.addresses.metrics!.port}/readyz`);
     expect(ready.status).toBe(503);
-    expect(await ready.json()).toEqual({ ready: false, failed: [{ check: 'audit', problem: 'the audit log /dev/full cannot be written' }] });
+    expect(await ready.json()).toEqual({ ready: false, failed: [{ check: 'audit', problem: expect.stringMatching(/^the audit log \S+audit\.log cannot be written$/) }] });
     expect(await metricsText(broken)).toMatch(/^keyless_audit_write_failures_total [1-9]\d*$/m);
     await session.close();
     await broken.stop();
   });
 
   test('keeps serving when on_failure is continue', async () => {
-    const lenient = await startDaemon(
-      { backends: [{ type: 'file', dir: writeKeyDir([{ name: 'k', key: generateKeyPairSync('ed25519').privateKey }]) }], audit: { path: '/dev/full', on_failure: 'continue' } },
-      server.pki,
-    );
+    const lenient = await withLostAuditFolder('continue');
     const session = await lenient.connect();
     await session.sign({ name: 'k' }, 'ED25519', { message });
     await session.close();

@@ -1,6 +1,5 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { SIGNATURE_ALGORITHMS, type SignatureAlgorithm } from '../../crypto/algorithms';
-import { verifyAuditFiles } from '../../audit/verify';
 import { readFileSync } from 'node:fs';
 import { stringify } from 'yaml';
 import { convertGokeylessConfig } from '../../config/gokeyless';
@@ -246,26 +245,9 @@ Refuses to replace an existing CA.
       caDays: days('ca-days', values['ca-days']!),
       leafDays: days('days', values.days!),
     });
-    process.stdout.write(`wrote ca.crt, ca.key, server.crt, server.key, client.crt, client.key to ${dir}\nkeep ca.key offline: whoever holds it can mint edge certificates\n`);
-  },
-};
-
-export const audit: Command = {
-  summary: 'check the hash chain of audit log files (audit verify FILE...)',
-  help: `Usage: keylessctl audit verify FILE...
-
-Give the rotated files oldest first, then the current one, e.g.
-  keylessctl audit verify /var/lib/keylessd/audit.log.* /var/lib/keylessd/audit.log
-Prints the number of records verified, or the first record that breaks the chain
-(file and line) and exits 1.`,
-  async run(argv) {
-    const { positionals } = parse(argv, {});
-    if (positionals[0] !== 'verify') throw new UsageError('the only audit subcommand is `audit verify FILE...`');
-    const files = positionals.slice(1);
-    if (files.length === 0) throw new UsageError('name at least one audit log file');
-    const result = verifyAuditFiles(files);
-    if (!result.ok) throw new UsageError(`audit log broken at ${result.file}:${result.line}: ${result.reason}`);
-    process.stdout.write(`OK: ${result.records} records verified in ${files.length} file(s)\n`);
+    process.stdout.write(
+      `wrote ca.crt, ca.key, server.crt, server.key, client.crt, client.key, audit-signing.key, audit-signing.pub to ${dir}\nkeep ca.key offline: whoever holds it can mint edge certificates\ngive audit-signing.pub to your auditors: keylessctl audit verify --public-key audit-signing.pub\n`,
+    );
   },
 };
 

@@ -31,7 +31,7 @@ const root = join(__dirname, '..');
 tls: { cert: ${state}/pki/server.crt, key: ${state}/pki/server.key, client_ca: ${state}/pki/ca.crt }
 metrics: { port: 2416 }
 audit: { path: ${work}/audit.log, max_bytes: 50000000 }
-keys: { demo-rsa2048: { decrypt: true } }
+keys: { demo-rsa2048: { decrypt: true, decrypt_raw: true } }
 backends:
   - { type: file, name: files, dir: ${state}/keys }
   - { type: pkcs11, name: hsm, pool_size: 4, uri: "pkcs11:token=soak?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:${work}/pin" }

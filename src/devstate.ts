@@ -64,7 +64,7 @@ export function devConfig(dir: string): Record<string, unknown> {
     tls: { cert: join(pki, PKI_FILES.serverCert), key: join(pki, PKI_FILES.serverKey), client_ca: join(pki, PKI_FILES.caCert) },
     metrics: { host: '127.0.0.1', port: 2406 },
     backends: [{ type: 'file', name: 'demo', dir: join(dir, 'keys') }],
-    keys: { 'demo-rsa2048': { decrypt: true } },
+    keys: { 'demo-rsa2048': { decrypt: true, decrypt_raw: true } },
     audit: { path: join(dir, 'audit.log'), signing_key: join(pki, PKI_FILES.auditSigningKey) },
   };
 }

@@ -33,7 +33,7 @@ export async function openKeySet(config: Config, logger: Logger, makeBackend: Ba
       skipped.push(...opened.skipped);
     }
     const policy = new Policy({ default_policy: config.default_policy, groups: config.groups, keys: config.keys });
-    const registry = new KeyRegistry(handles, (name) => ({ decryptAllowed: config.keys[name]?.decrypt ?? false }));
+    const registry = new KeyRegistry(handles, (name) => ({ decryptAllowed: config.keys[name]?.decrypt ?? false, rawDecryptAllowed: config.keys[name]?.decrypt_raw ?? false }));
     for (const clash of registry.skipped) logger.warn({ key: clash.source, reason: clash.reason }, `not serving ${clash.source}: ${clash.reason}`);
     return {
       backends,

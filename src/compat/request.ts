@@ -3,6 +3,7 @@ import type { SignScheme } from '../crypto/algorithms';
 import type { HashName } from '../crypto/hashes';
 import type { ErrorCode } from '../errors';
 import type { RequestFacts } from '../server/session-info';
+import { boundedText, FIELD_LIMITS } from '../util/bounded-text';
 import { ipFromBytes } from '../util/ip';
 import { CompatFormatError, ErrorByte, Tag, type Frame } from './codec';
 
@@ -53,7 +54,8 @@ function requestId(frame: Frame): string | undefined {
     throw new CompatFormatError(frame.id, ErrorByte.format, 'request context (0x16) is not JSON');
   }
   const id = (parsed as { request_id?: unknown } | null)?.request_id;
-  return typeof id === 'string' ? id : typeof id === 'number' ? String(id) : undefined;
+  const text = typeof id === 'string' ? id : typeof id === 'number' ? String(id) : undefined;
+  return text === undefined ? undefined : boundedText(text, FIELD_LIMITS.requestId);
 }
 
 /** What a decoded frame asks for. Throws CompatFormatError with the error byte to answer. */
@@ -80,7 +82,7 @@ export function interpretFrame(frame: Frame): CompatRequest {
     ski: fixedLength(frame, Tag.ski, [20], 'SKI (0x04)'),
     certDigest: fixedLength(frame, Tag.certDigest, [32], 'certificate digest (0x01)'),
     facts: {
-      sni: sni && sni.length > 0 ? sni.toString('utf8') : undefined,
+      sni: sni && sni.length > 0 ? boundedText(sni.toString('utf8'), FIELD_LIMITS.sni) : undefined,
       clientIp: ipFromBytes(fixedLength(frame, Tag.clientIp, [4, 16], 'client IP (0x03)')),
       serverIp: ipFromBytes(fixedLength(frame, Tag.serverIp, [4, 16], 'server IP (0x05)')),
       requestId: requestId(frame),

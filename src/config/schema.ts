@@ -78,7 +78,13 @@ export const compatSchema = z
 
 export const keyOptionsSchema = z
   .object({
-    decrypt: z.boolean().default(false).describe('Allow RSA decryption (TLS 1.2 RSA key exchange) with this key.'),
+    decrypt: z.boolean().default(false).describe('Allow RSA-OAEP decryption (RSA_OAEP_SHA256) with this key.'),
+    decrypt_raw: z
+      .boolean()
+      .default(false)
+      .describe(
+        'Allow raw RSA decryption (RSA_RAW: TLS 1.2 RSA key exchange, and the compatibility port\'s RSA decrypt). Raw RSA is the private-key operation itself, so whoever may ask for it can compute any RSA signature with this key, whatever `policy.operations` and `policy.algorithms` say about signing: grant it only to keys that must serve TLS 1.2 RSA key exchange.',
+      ),
     policy: keyPolicySchema.optional().describe('Who may use this key. Without one, default_policy decides.'),
   })
   .strict();

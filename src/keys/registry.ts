@@ -9,8 +9,10 @@ export type KeyRef =
   | { readonly certDigest: Buffer };
 
 export interface KeyOptions {
-  /** RSA decryption (TLS 1.2 RSA key exchange) is off unless the key's config enables it. */
+  /** RSA-OAEP decryption is off unless the key's config enables it (`decrypt`). */
   readonly decryptAllowed: boolean;
+  /** Raw RSA decryption (TLS 1.2 RSA key exchange) is a signing oracle: off unless the key's config enables it (`decrypt_raw`). */
+  readonly rawDecryptAllowed: boolean;
 }
 
 export interface RegisteredKey extends KeyOptions {

@@ -4,7 +4,7 @@ import type { ClientIdentity } from './identity';
 import { anyMatch, compilePattern, type Matcher } from './pattern';
 import type { GroupConfig, KeyPolicyConfig } from './schema';
 
-export type Operation = 'sign' | 'decrypt';
+export type Operation = 'sign' | 'decrypt' | 'decrypt_raw';
 
 /** The groups a session's certificate places it in, computed once per session. */
 export interface Membership {

@@ -29,10 +29,12 @@ export const keyPolicySchema = z
   .object({
     groups: z.array(z.string().min(1)).min(1, { error: 'name at least one group' }).describe('Groups allowed to use the key.'),
     operations: z
-      .array(z.enum(['sign', 'decrypt']))
+      .array(z.enum(['sign', 'decrypt', 'decrypt_raw']))
       .min(1)
       .default(['sign', 'decrypt'])
-      .describe('Operations those groups may perform. Decryption also needs the key\'s `decrypt: true`.'),
+      .describe(
+        'Operations those groups may perform: sign, decrypt (RSA-OAEP; also needs the key\'s `decrypt: true`) and decrypt_raw (RSA_RAW, TLS 1.2 RSA key exchange; never granted by default, and also needs the key\'s `decrypt_raw: true`).',
+      ),
     algorithms: z.array(z.enum(SIGNATURE_ALGORITHMS)).min(1).optional().describe('Signature algorithms allowed; default all the key type supports.'),
   })
   .strict();

@@ -1,6 +1,7 @@
 import { SCHEME_OF, type DecryptPadding, type SignatureAlgorithm, type SignScheme } from '../crypto/algorithms';
 import { BadRequestError } from '../errors';
 import type { KeyRef } from '../keys/registry';
+import { boundedText, FIELD_LIMITS } from '../util/bounded-text';
 import { ipFromBytes } from '../util/ip';
 import { decryptPaddingFromMessage, keyRefFromMessage, signatureAlgorithmFromMessage, type RequestMessage } from './v1';
 
@@ -51,13 +52,20 @@ export function interpretRequest(request: RequestMessage): V1Operation {
   }
 }
 
+/** Throws BadRequestError for an address of the wrong length, as the compat port does; texts are bounded. */
 export function requestContext(request: RequestMessage): V1RequestContext | undefined {
   const context = request.context;
   if (!context) return undefined;
   return {
-    sni: context.sni || undefined,
-    clientIp: ipFromBytes(context.clientIp),
-    serverIp: ipFromBytes(context.serverIp),
-    requestId: context.requestId || undefined,
+    sni: context.sni ? boundedText(context.sni, FIELD_LIMITS.sni) : undefined,
+    clientIp: address(context.clientIp, 'context.client_ip'),
+    serverIp: address(context.serverIp, 'context.server_ip'),
+    requestId: context.requestId ? boundedText(context.requestId, FIELD_LIMITS.requestId) : undefined,
   };
+}
+
+function address(bytes: Uint8Array | null | undefined, field: string): string | undefined {
+  if (!bytes || bytes.length === 0) return undefined;
+  if (bytes.length !== 4 && bytes.length !== 16) throw new BadRequestError(`${field} must be 4 (IPv4) or 16 (IPv6) bytes, got ${bytes.length}`);
+  return ipFromBytes(bytes);
 }

@@ -70,10 +70,16 @@ export class Dispatcher {
     });
   }
 
+  /**
+   * Raw RSA (`rsa-raw`) is its own operation, `decrypt_raw`: it returns m^d for any m, so it
+   * signs anything. It needs the key's `decrypt_raw: true` and, under a policy, that operation.
+   */
   decrypt(session: SessionInfo, ref: KeyRef, padding: DecryptPadding, ciphertext: Buffer, facts?: RequestFacts): Promise<Buffer> {
-    return this.track(session, 'decrypt', padding, ref, facts, async (key) => {
+    const operation: Operation = padding === 'rsa-raw' ? 'decrypt_raw' : 'decrypt';
+    return this.track(session, operation, padding, ref, facts, async (key) => {
       if (key.handle.publicKey.type !== 'rsa') throw new UnsupportedError(`key ${key.handle.name} is ${key.handle.publicKey.type}; only RSA keys decrypt`);
-      if (!key.decryptAllowed) throw new ForbiddenError(`decryption is not enabled for key ${key.handle.name}`);
+      if (operation === 'decrypt_raw' && !key.rawDecryptAllowed) throw new ForbiddenError(`raw RSA decryption (RSA_RAW) is not enabled for key ${key.handle.name} (decrypt_raw)`);
+      if (operation === 'decrypt' && !key.decryptAllowed) throw new ForbiddenError(`decryption is not enabled for key ${key.handle.name}`);
       const modulusBytes = Math.ceil(key.handle.publicKey.bits / 8);
       if (ciphertext.length !== modulusBytes) {
         throw new BadRequestError(`ciphertext for key ${key.handle.name} must be ${modulusBytes} bytes, got ${ciphertext.length}`);

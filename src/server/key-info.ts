@@ -15,5 +15,6 @@ export function keyInfoMessage(key: RegisteredKey): KeyInfoMessage {
     backend: key.handle.backend.name,
     algorithms: algorithmsFor(pub.type).map(signatureAlgorithmNumber),
     decryptAllowed: key.decryptAllowed && pub.type === 'rsa',
+    rawDecryptAllowed: key.rawDecryptAllowed && pub.type === 'rsa',
   };
 }

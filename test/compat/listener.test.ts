@@ -24,7 +24,7 @@ beforeAll(async () => {
     backends: [{ type: 'file', dir: writeKeyDir(Object.entries(keys).map(([name, key]) => ({ name, key }))) }],
     compat: { enabled: true },
     groups: { eu: { subject_ou: ['eu'], compliance_regions: [1] } },
-    keys: { rsa: { decrypt: true }, locked: { policy: { groups: ['eu'], operations: ['sign'] } } },
+    keys: { rsa: { decrypt_raw: true }, locked: { policy: { groups: ['eu'], operations: ['sign'] } } },
   });
 });
 afterAll(() => server.stop());

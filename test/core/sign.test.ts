@@ -27,7 +27,7 @@ let session: KeylessSession;
 
 beforeAll(async () => {
   const dir = writeKeyDir([...keys].map(([name, key]) => ({ name, key })));
-  server = await startDaemon({ backends: [{ type: 'file', dir }], keys: { rsa2048: { decrypt: true } } });
+  server = await startDaemon({ backends: [{ type: 'file', dir }], keys: { rsa2048: { decrypt: true, decrypt_raw: true }, rsa3072: { decrypt: true } } });
   session = await server.connect();
 });
 afterAll(async () => {

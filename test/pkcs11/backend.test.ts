@@ -56,7 +56,7 @@ beforeAll(async () => {
   // Nobody in this process logs in to pin-test: a login elsewhere on a token makes any PIN "work" there.
   execFileSync(tokenScript, ['--dir', tokenDir, '--label', 'pin-test', '--pin', PIN, '--generate', 'ec:P-256:k:01']);
   execFileSync(tokenScript, ['--dir', tokenDir, '--label', 'doomed-test', '--pin', PIN, '--generate', 'ec:P-256:stays:01', '--generate', 'ec:P-256:doomed:02']);
-  server = await startDaemon({ backends: [{ type: 'pkcs11', name: 'hsm', uri: uri(), pool_size: 4 }], keys: { rsa2048: { decrypt: true }, rsa3072: { decrypt: true } } });
+  server = await startDaemon({ backends: [{ type: 'pkcs11', name: 'hsm', uri: uri(), pool_size: 4 }], keys: { rsa2048: { decrypt: true, decrypt_raw: true }, rsa3072: { decrypt: true, decrypt_raw: true } } });
   session = await server.connect();
 });
 afterAll(async () => {

@@ -265,6 +265,7 @@ export class Daemon {
     this.v1.closeSessions();
     this.compat?.closeSessions();
     await stopped;
+    this.dispatcher.flushRefusals();
     await this.audit?.close();
     await this.metricsServer?.stop();
     await closeKeySet(this.keys);

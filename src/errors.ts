@@ -38,7 +38,11 @@ export class KeyNotFoundError extends KeylessError {
   }
 }
 export class ForbiddenError extends KeylessError {
-  constructor(message: string) {
+  /** `message` goes to the client; `reason` (which groups, which rule) only to the server's logs. */
+  constructor(
+    message: string,
+    readonly reason?: string,
+  ) {
     super('FORBIDDEN', message);
   }
 }

@@ -1,6 +1,8 @@
 import { digestLength, describeScheme, keyTypeOf, type DecryptPadding, type SignatureAlgorithm, type SignScheme } from '../crypto/algorithms';
 import { hashMessage } from '../crypto/hashes';
 import type { AuditLog } from '../audit/log';
+import { RefusalSummaries, SUMMARISED_RESULTS } from '../audit/refusals';
+import { boundedText, FIELD_LIMITS } from '../util/bounded-text';
 import {
   BackendUnavailableError,
   BadRequestError,
@@ -50,12 +52,24 @@ export class Dispatcher {
    */
   private readonly outstanding = new Map<Backend, number>();
 
+  private readonly refusals: RefusalSummaries;
+
   constructor(
     private readonly state: () => ServingState,
     private readonly metrics: Metrics,
     private readonly logger: Logger,
     private readonly audit?: AuditSink,
-  ) {}
+  ) {
+    this.refusals = new RefusalSummaries(
+      (json) => void this.audit?.log.append(json).catch(() => {}),
+      (who, result, count) => this.logger.warn({ client: JSON.parse(`{${who}}`) as unknown, result, count }, `${count} more ${result} refusals to the same client in the last second (summarised in the audit log)`),
+    );
+  }
+
+  /** Writes the summaries of refusals still being counted; call before the audit log closes. */
+  flushRefusals(): void {
+    this.refusals.flush();
+  }
 
   get inflight(): number {
     return this.inflightTotal;
@@ -157,6 +171,16 @@ export class Dispatcher {
     const backend = key?.handle.backend.name ?? 'none';
     const result = 'result' in outcome ? 'ok' : outcome.failure.code;
     this.metrics.recordRequest(session.listener, operation, algorithm, backend, result, Number(process.hrtime.bigint() - startedNs) / 1e9);
+    if ('failure' in outcome && SUMMARISED_RESULTS.has(result)) {
+      // No refusal is silent, but a flood of them costs one full record and one log line per
+      // client and result per second, plus a summary with the count.
+      if (!this.refusals.admit(`${session.identity.fingerprint}|${session.listener}`, result, () => this.sessionAuditFields(session))) throw outcome.failure;
+      const reason = boundedText(outcome.failure instanceof ForbiddenError ? (outcome.failure.reason ?? outcome.failure.message) : outcome.failure.message, 512);
+      this.logger.warn(
+        { session: session.id, peer: session.peer, subject: boundedText(session.identity.subject, FIELD_LIMITS.subject), key: key?.handle.name ?? boundedText(describeKeyRef(ref), FIELD_LIMITS.keyName), operation, result, reason },
+        `refused ${operation} with ${key ? `key ${key.handle.name}` : 'an unknown key'}: ${result}: ${reason}`,
+      );
+    }
     if (this.audit) {
       const written = this.audit.log.append(this.auditRecord(session, operation, algorithm, ref, key, result, started, facts));
       if (this.audit.refuseUnlogged) await written;
@@ -170,11 +194,7 @@ export class Dispatcher {
     const decision = policy.check(this.membership(session, policy), key.handle.name, operation, operation === 'sign' ? (algorithm as SignatureAlgorithm) : undefined, facts?.complianceRegion);
     if (decision.allowed) return;
     this.metrics.policyDenials.inc({ key: key.handle.name });
-    this.logger.warn(
-      { session: session.id, peer: session.peer, subject: session.identity.subject, fingerprint: session.identity.fingerprint, key: key.handle.name, operation, reason: decision.reason },
-      `denied ${operation} with key ${key.handle.name} to ${session.identity.subject.replace(/\n/g, ', ')}: ${decision.reason}`,
-    );
-    throw new ForbiddenError(`${operation} with key ${key.handle.name} is not allowed for this client`);
+    throw new ForbiddenError(`${operation} with key ${key.handle.name} is not allowed for this client`, decision.reason);
   }
 
   /** Not async on purpose: a down or saturated backend refuses in the same tick, before the request counts as in flight. */
@@ -192,6 +212,17 @@ export class Dispatcher {
     return withTimeout(call, store.timeoutMs, `${operation} with key ${key.handle.name} on backend ${store.name}`);
   }
 
+  /** The audit fields fixed for a session, serialised once; the subject is bounded like every client-supplied text. */
+  private sessionAuditFields(session: SessionInfo): string {
+    session.auditFields ??= JSON.stringify({
+      session: session.id,
+      client: { subject: boundedText(session.identity.subject, FIELD_LIMITS.subject), fingerprint: session.identity.fingerprint },
+      peer: session.peer,
+      listener: session.listener,
+    }).slice(1, -1);
+    return session.auditFields;
+  }
+
   /**
    * The audit record as JSON text, in the field order of AuditRecord. Built by hand on the
    * request path: the session's fixed fields are serialised once, and algorithm and
@@ -207,15 +238,11 @@ export class Dispatcher {
     started: number,
     facts: RequestFacts | undefined,
   ): string {
-    session.auditFields ??= JSON.stringify({
-      session: session.id,
-      client: { subject: session.identity.subject, fingerprint: session.identity.fingerprint },
-      peer: session.peer,
-      listener: session.listener,
-    }).slice(1, -1);
-    const keyJson = key ? (key.auditJson ??= JSON.stringify({ name: key.handle.name, ski: key.handle.publicKey.ski.toString('hex') })) : JSON.stringify({ name: describeKeyRef(ref) });
+    const keyJson = key
+      ? (key.auditJson ??= JSON.stringify({ name: key.handle.name, ski: key.handle.publicKey.ski.toString('hex') }))
+      : JSON.stringify({ name: boundedText(describeKeyRef(ref), FIELD_LIMITS.keyName) });
     const context = facts && Object.keys(facts).length > 0 ? `,"context":${JSON.stringify(facts)}` : '';
-    return `{"time":"${new Date(started).toISOString()}",${session.auditFields},"operation":"${operation}","algorithm":"${algorithm}","key":${keyJson},"result":"${result}","duration_ms":${Date.now() - started}${context}}`;
+    return `{"time":"${new Date(started).toISOString()}",${this.sessionAuditFields(session)},"operation":"${operation}","algorithm":"${algorithm}","key":${keyJson},"result":"${result}","duration_ms":${Date.now() - started}${context}}`;
   }
 }
 

@@ -10,7 +10,8 @@ import type { Logger } from './log';
 import { MetricsServer } from './metrics/http';
 import { Metrics } from './metrics/metrics';
 import { Dispatcher } from './server/dispatcher';
-import { loadTlsMaterial, serverTlsOptions } from './server/tls';
+import { createSecureContext, type TlsOptions } from 'node:tls';
+import { loadTlsMaterial, serverTlsOptions, type TlsMaterial } from './server/tls';
 import { V1Listener } from './server/v1-listener';
 import { CompatListener } from './compat/listener';
 
@@ -85,6 +86,15 @@ function reportAuditEvent(event: AuditEvent, path: string, logger: Logger, metri
   }
 }
 
+/** Makes the secure context a listener would, so a bad CRL or key fails here, not halfway through a swap. */
+function checkSecureContext(field: string, options: TlsOptions): void {
+  try {
+    createSecureContext(options);
+  } catch (err) {
+    throw new ConfigError(field, `the TLS settings cannot be used: ${(err as Error).message}`);
+  }
+}
+
 /**
  * keylessd: wires configuration, backends, the key registry, listeners and metrics
  * together, and owns their lifecycle (start, reload, drain).
@@ -120,6 +130,7 @@ export class Daemon {
   private async startServing(): Promise<DaemonAddresses> {
     const { config, logger, metrics } = this;
     const tls = loadTlsMaterial(config.tls);
+    checkSecureContext('tls', serverTlsOptions(tls, config.tls.min_version, config.tls.handshake_timeout_ms));
     this.keys = await openKeySet(config, logger, this.makeBackend);
     this.recordKeys(this.keys);
     metrics.watchBackends(() => this.keys.backends);
@@ -183,45 +194,62 @@ export class Daemon {
    * new configuration was applied. Listener addresses need a restart.
    */
   reload(load: () => Config): Promise<boolean> {
-    // Reloads run one at a time: a second SIGHUP during a reload waits for it.
+    // Reloads run one at a time: a second SIGHUP during a reload waits for it. The chain
+    // never rejects, so one failed reload cannot block (or crash) the next.
     const run = (this.reloading ?? Promise.resolve(true)).then(() => this.reloadNow(load));
     this.reloading = run;
     return run;
   }
 
+  /**
+   * Builds the whole next state — configuration, TLS material and the secure contexts made
+   * from it, the key set with its backends — and only then swaps it in, in one synchronous
+   * step. Any failure leaves the running state serving untouched, says why, counts it, and
+   * keeps the last successful reload's timestamp.
+   */
   private async reloadNow(load: () => Config): Promise<boolean> {
     const { logger, metrics } = this;
-    let next: Config;
-    let tls: ReturnType<typeof loadTlsMaterial>;
-    let keys: KeySet;
+    let keys: KeySet | undefined;
     try {
-      next = load();
-      tls = loadTlsMaterial(next.tls);
+      const next = load();
+      const tls = loadTlsMaterial(next.tls);
+      const v1Tls = serverTlsOptions(tls, next.tls.min_version, next.tls.handshake_timeout_ms);
+      const compatTls = serverTlsOptions(tls, this.config.compat.min_version, next.tls.handshake_timeout_ms);
+      checkSecureContext('tls', v1Tls);
+      if (this.compat) checkSecureContext('tls', compatTls);
       keys = await openKeySet(next, logger, this.makeBackend);
+      this.swap(next, keys, v1Tls, compatTls, tls);
     } catch (err) {
+      if (keys) void closeKeySet(keys);
       metrics.reloadSuccess.set(0);
-      metrics.reloadTime.set(Date.now() / 1000);
-      logger.error({ error: (err as Error).message }, `reload failed, still serving the previous configuration: ${(err as Error).message}`);
+      metrics.reloadFailures.inc();
+      const reason = err instanceof Error ? err.message : String(err);
+      logger.error({ error: reason }, `reload failed, still serving the previous configuration: ${reason}`);
       return false;
     }
-    const previous = this.keys;
+    metrics.reloadSuccess.set(1);
+    metrics.reloadTime.set(Date.now() / 1000);
+    logger.info({ keys: keys.registry.size }, `reloaded: serving ${keys.registry.size} keys`);
+    return true;
+  }
+
+  /** The one step that changes what is served; nothing in it reads a file or can fail on bad input. */
+  private swap(next: Config, keys: KeySet, v1Tls: TlsOptions, compatTls: TlsOptions, tls: TlsMaterial): void {
+    const { logger } = this;
     if (next.audit.path !== this.config.audit.path || next.audit.enabled !== this.config.audit.enabled) {
       logger.warn('audit.* changed: the audit log keeps its file until a restart');
     }
     if (next.listen.host !== this.config.listen.host || next.listen.port !== this.config.listen.port || next.listen.path !== this.config.listen.path) {
       logger.warn('listen.* changed: the listener keeps its address until a restart');
     }
+    const previous = this.keys;
+    this.v1.updateTls(v1Tls);
+    this.compat?.updateTls(compatTls);
     this.config = { ...next, listen: this.config.listen, metrics: this.config.metrics, audit: this.config.audit, compat: this.config.compat };
     this.keys = keys;
     this.recordKeys(keys);
-    this.v1.updateTls(serverTlsOptions(tls, next.tls.min_version, next.tls.handshake_timeout_ms));
-    this.compat?.updateTls(serverTlsOptions(tls, this.config.compat.min_version, next.tls.handshake_timeout_ms));
     this.recordCertificates(tls.serverNotAfter, tls.clientCaNotAfter);
-    metrics.reloadSuccess.set(1);
-    metrics.reloadTime.set(Date.now() / 1000);
-    logger.info({ keys: keys.registry.size }, `reloaded: serving ${keys.registry.size} keys`);
     void this.retire(previous);
-    return true;
   }
 
   /** Closes a replaced key set's backends once no request still uses them. */

@@ -134,9 +134,14 @@ export class Metrics {
     help: '1 if the last configuration reload succeeded, 0 if it failed and the previous configuration is still serving.',
     registers: [this.registry],
   });
+  readonly reloadFailures = new Counter({
+    name: 'keyless_config_reload_failures_total',
+    help: 'Reloads that failed; the previous configuration kept serving.',
+    registers: [this.registry],
+  });
   readonly reloadTime = new Gauge({
     name: 'keyless_config_last_reload_timestamp_seconds',
-    help: 'When the configuration was last loaded or reloaded (Unix time).',
+    help: 'When the configuration was last loaded or successfully reloaded (Unix time).',
     registers: [this.registry],
   });
 

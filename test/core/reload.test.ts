@@ -98,3 +98,48 @@ test('SIGHUP reloads a running keylessd, SIGTERM drains and exits 0', async () =
   expect(await closed).toBe(1001);
   expect(await exited).toBe(0);
 });
+
+describe('a reload that fails leaves the old state serving, says why, and the next one works', () => {
+  const metric = async (server: Awaited<ReturnType<typeof startDaemon>>, name: string) => {
+    const text = await (await fetch(`http://127.0.0.1:${server.addresses.metrics!.port}/metrics`)).text();
+    return Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)![1]);
+  };
+
+  test.each([
+    ['an invalid config', (_dir: string, _pki: string) => ({ limits: { max_sessions: 'many' } })],
+    ['an unreadable server certificate', (dir: string) => ({ backends: [{ type: 'file', dir }], tls: { cert: '/nonexistent/server.crt' } })],
+    [
+      'a CRL that is not a CRL',
+      (dir: string, pkiDir: string) => {
+        writeFileSync(join(pkiDir, 'bad.crl'), '-----BEGIN X509 CRL-----\nbm90IGEgQ1JM\n-----END X509 CRL-----\n');
+        return { backends: [{ type: 'file', dir }], tls: { crl: join(pkiDir, 'bad.crl') } };
+      },
+    ],
+    ['a backend that cannot open', (dir: string) => ({ backends: [{ type: 'file', dir }, { type: 'pkcs11', name: 'hsm', uri: 'pkcs11:token=none?module-path=/nonexistent/module.so&pin-value=1' }] })],
+  ])('%s', async (_what, broken) => {
+    const dir = writeKeyDir([{ name: 'old', key: p256() }]);
+    const server = await startDaemon({ backends: [{ type: 'file', dir }] });
+    const session = await server.connect();
+    const message = Buffer.from('still here');
+    const loadedAt = await metric(server, 'keyless_config_last_reload_timestamp_seconds');
+
+    const newDir = writeKeyDir([{ name: 'new', key: p256() }]);
+    expect(await server.reload(broken(newDir, server.pki.dir))).toBe(false);
+    // Twice: a failed reload must not poison the next one (it used to end the process).
+    expect(await server.reload(broken(newDir, server.pki.dir))).toBe(false);
+    await session.sign({ name: 'old' }, 'ECDSA_SHA256', { message });
+    await expect(session.sign({ name: 'new' }, 'ECDSA_SHA256', { message })).rejects.toMatchObject({ code: 'KEY_NOT_FOUND' });
+    const fresh = await server.connect();
+    await fresh.sign({ name: 'old' }, 'ECDSA_SHA256', { message });
+    await fresh.close();
+    expect(await metric(server, 'keyless_config_last_reload_successful')).toBe(0);
+    expect(await metric(server, 'keyless_config_reload_failures_total')).toBe(2);
+    expect(await metric(server, 'keyless_config_last_reload_timestamp_seconds')).toBe(loadedAt);
+
+    expect(await server.reload({ backends: [{ type: 'file', dir: newDir }] })).toBe(true);
+    await session.sign({ name: 'new' }, 'ECDSA_SHA256', { message });
+    expect(await metric(server, 'keyless_config_last_reload_successful')).toBe(1);
+    await session.close();
+    await server.stop();
+  });
+});

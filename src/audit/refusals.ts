@@ -1,7 +1,8 @@
 /**
  * Bounds what a hostile edge costs the audit log. Refusals (requests answered FORBIDDEN,
  * KEY_NOT_FOUND, BAD_REQUEST or UNSUPPORTED) are recorded in full the first time in each
- * window for one client identity and result; the rest of that window is counted, and one
+ * window for one client identity, key and result (keys the client named that do not exist
+ * count as one); the rest of that window is counted, and one
  * summary record with the count closes the window. Allowed operations and backend failures
  * are always recorded one by one.
  */

@@ -173,8 +173,8 @@ export class Dispatcher {
     this.metrics.recordRequest(session.listener, operation, algorithm, backend, result, Number(process.hrtime.bigint() - startedNs) / 1e9);
     if ('failure' in outcome && SUMMARISED_RESULTS.has(result)) {
       // No refusal is silent, but a flood of them costs one full record and one log line per
-      // client and result per second, plus a summary with the count.
-      if (!this.refusals.admit(`${session.identity.fingerprint}|${session.listener}`, result, () => this.sessionAuditFields(session))) throw outcome.failure;
+      // client, key and result per second, plus a summary with the count.
+      if (!this.refusals.admit(`${session.identity.fingerprint}|${session.listener}|${key?.handle.name ?? ''}`, result, () => this.sessionAuditFields(session))) throw outcome.failure;
       const reason = boundedText(outcome.failure instanceof ForbiddenError ? (outcome.failure.reason ?? outcome.failure.message) : outcome.failure.message, 512);
       this.logger.warn(
         { session: session.id, peer: session.peer, subject: boundedText(session.identity.subject, FIELD_LIMITS.subject), key: key?.handle.name ?? boundedText(describeKeyRef(ref), FIELD_LIMITS.keyName), operation, result, reason },

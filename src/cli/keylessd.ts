@@ -2,6 +2,7 @@
 import { relative, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfigFile, envOverrides, validateConfig, type Override } from '../config/load';
+import { auditProblems, certificateValidityProblems, listenProblems, noKeysProblem } from '../config/preflight';
 import type { Config } from '../config/schema';
 import { Daemon } from '../daemon';
 import { DEFAULT_STATE_DIR, devConfig, ensureDevState, stateDir } from '../devstate';
@@ -19,7 +20,10 @@ With no --config it serves the embedded default: a development PKI and demo keys
 
 Options:
   --config FILE          YAML configuration file
-  --check-config FILE    validate FILE (settings, TLS files, every key) and exit
+  --check-config FILE    validate FILE (settings, TLS files and their validity, every key,
+                         the audit folder, free ports) and exit: 0 if it would serve, 1 if not
+  --skip-port-check      with --check-config: do not try to bind the ports (checking a new
+                         file for a keylessd that is running and will reload it)
   --state-dir DIR        state folder of the embedded default
   --listen-host HOST     overrides listen.host        ($KEYLESSD_LISTEN_HOST)
   --port N               overrides listen.port        ($KEYLESSD_LISTEN_PORT)
@@ -46,14 +50,47 @@ function fail(message: string): never {
   process.exit(1);
 }
 
-/** Opens every backend and reads the TLS files once, so a config that passes will start. */
-async function checkConfig(file: string, overrides: Override[]): Promise<void> {
+/**
+ * Opens every backend, reads the TLS files, probes the audit folder and the ports, so a
+ * config that passes will start and serve. Every problem found is printed, one line each.
+ */
+async function checkConfig(file: string, overrides: Override[], portCheck: boolean): Promise<void> {
   const config = loadConfigFile(file, overrides, (note) => process.stdout.write(`${file} (gokeyless.yaml): ${note.key}: ${note.why}\n`));
-  loadTlsMaterial(config.tls);
-  const keys = await openKeySet(config, createLogger('silent'));
-  await closeKeySet(keys);
-  const skipped = keys.skipped.map((s) => `  skipped ${s.source}: ${s.reason}\n`).join('');
-  process.stdout.write(`${file}: OK, ${keys.registry.size} keys from ${config.backends.length} backend(s)\n${skipped}`);
+  const problems: ConfigError[] = [];
+  const collect = (err: unknown) => {
+    if (err instanceof ConfigError) problems.push(err);
+    else throw err;
+  };
+  try {
+    loadTlsMaterial(config.tls);
+  } catch (err) {
+    collect(err);
+  }
+  problems.push(...certificateValidityProblems(config.tls), ...auditProblems(config.audit));
+  if (portCheck) problems.push(...(await listenProblems(config)));
+  let summary = '';
+  try {
+    const keys = await openKeySet(config, createLogger('silent'));
+    await closeKeySet(keys);
+    const none = noKeysProblem(keys.registry.size, keys.skipped);
+    if (none) problems.push(none);
+    const skipped = keys.skipped.map((s) => `  skipped ${s.source}: ${s.reason}\n`).join('');
+    summary = `${file}: OK, ${keys.registry.size} keys from ${config.backends.length} backend(s)\n${skipped}`;
+  } catch (err) {
+    collect(err);
+  }
+  if (problems.length > 0) {
+    process.stderr.write(problems.map((p) => `keylessd: ${p.message}\n`).join(''));
+    process.exit(1);
+  }
+  process.stdout.write(summary);
+}
+
+/** Startup refuses a server certificate outside its validity period (and so does a reload). */
+function refuseInvalidCertificates(config: Config): Config {
+  const [first] = certificateValidityProblems(config.tls);
+  if (first) throw first;
+  return config;
 }
 
 async function main(): Promise<void> {
@@ -61,6 +98,7 @@ async function main(): Promise<void> {
     options: {
       config: { type: 'string' },
       'check-config': { type: 'string' },
+      'skip-port-check': { type: 'boolean' },
       'state-dir': { type: 'string' },
       'listen-host': { type: 'string' },
       port: { type: 'string' },
@@ -82,19 +120,19 @@ async function main(): Promise<void> {
       return typeof value === 'string' ? [{ path, value, source: `--${flag}` }] : [];
     }),
   ];
-  if (values['check-config']) return checkConfig(values['check-config'], overrides);
+  if (values['check-config']) return checkConfig(values['check-config'], overrides, !values['skip-port-check']);
 
   let load: () => Config;
   let embedded: string | undefined;
   if (values.config) {
     const file = values.config;
-    load = () => loadConfigFile(file, overrides, (note) => process.stderr.write(`keylessd: ${file} looks like a gokeyless.yaml: ${note.key}: ${note.why}\n`));
+    load = () => refuseInvalidCertificates(loadConfigFile(file, overrides, (note) => process.stderr.write(`keylessd: ${file} looks like a gokeyless.yaml: ${note.key}: ${note.why}\n`)));
   } else {
     const dir = stateDir(process.env, values['state-dir']);
     embedded = dir;
     const created = await ensureDevState(dir);
     if (created) process.stderr.write(`keylessd: created a development PKI and demo keys in ${dir}\n`);
-    load = () => validateConfig(devConfig(dir), overrides);
+    load = () => refuseInvalidCertificates(validateConfig(devConfig(dir), overrides));
   }
   const config = load();
   const logger = createLogger(config.log.level);

@@ -69,13 +69,15 @@ async function checkConfig(file: string, overrides: Override[], portCheck: boole
   problems.push(...certificateValidityProblems(config.tls), ...auditProblems(config.audit));
   if (portCheck) problems.push(...(await listenProblems(config)));
   let summary = '';
+  const warnings: string[] = [];
   try {
-    const keys = await openKeySet(config, createLogger('silent'));
+    const keys = await openKeySet(config, warningCollector(warnings));
     await closeKeySet(keys);
     const none = noKeysProblem(keys.registry.size, keys.skipped);
     if (none) problems.push(none);
     const skipped = keys.skipped.map((s) => `  skipped ${s.source}: ${s.reason}\n`).join('');
-    summary = `${file}: OK, ${keys.registry.size} keys from ${config.backends.length} backend(s)\n${skipped}`;
+    const warned = warnings.map((w) => `  warning: ${w}\n`).join('');
+    summary = `${file}: OK, ${keys.registry.size} keys from ${config.backends.length} backend(s)\n${skipped}${warned}`;
   } catch (err) {
     collect(err);
   }
@@ -84,6 +86,17 @@ async function checkConfig(file: string, overrides: Override[], portCheck: boole
     process.exit(1);
   }
   process.stdout.write(summary);
+}
+
+/** A logger that keeps the messages of warnings (those about skipped keys are listed apart). */
+function warningCollector(into: string[]) {
+  const sink = {
+    write(line: string) {
+      const entry = JSON.parse(line) as { level: string; msg: string };
+      if (entry.level === 'warn' && !/^(skipping key file|not serving) /.test(entry.msg)) into.push(entry.msg);
+    },
+  };
+  return createLogger('warn', sink);
 }
 
 /** Startup refuses a server certificate outside its validity period (and so does a reload). */

@@ -98,7 +98,7 @@ export function loadConfigFile(file: string, overrides: readonly Override[] = []
   }
   let raw = parseYaml(text, file);
   if (looksLikeGokeylessConfig(raw)) {
-    const converted = convertGokeylessConfig(raw);
+    const converted = convertGokeylessConfig(raw, dirname(resolve(file)));
     converted.notes.forEach(onNote);
     raw = converted.config;
   }

@@ -79,6 +79,10 @@ export const compatSchema = z
 export const keyOptionsSchema = z
   .object({
     decrypt: z.boolean().default(false).describe('Allow RSA decryption (TLS 1.2 RSA key exchange) with this key.'),
+    decrypt_raw: z
+      .boolean()
+      .optional()
+      .describe('Allow raw RSA decryption (RSA_RAW: what TLS 1.2 RSA key exchange and the Cloudflare-protocol RSA decrypt use) with this key. A gokeyless.yaml converts with it set for every RSA key.'),
     policy: keyPolicySchema.optional().describe('Who may use this key. Without one, default_policy decides.'),
   })
   .strict();

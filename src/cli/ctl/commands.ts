@@ -2,6 +2,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { SIGNATURE_ALGORITHMS, type SignatureAlgorithm } from '../../crypto/algorithms';
 import { verifyAuditFiles } from '../../audit/verify';
 import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { stringify } from 'yaml';
 import { convertGokeylessConfig } from '../../config/gokeyless';
 import { parseYaml } from '../../config/load';
@@ -286,7 +287,7 @@ keylessd --config gokeyless.yaml also works directly; converting lets you review
     } catch (err) {
       throw new UsageError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
     }
-    const { config, notes } = convertGokeylessConfig(parseYaml(text, file));
+    const { config, notes } = convertGokeylessConfig(parseYaml(text, file), dirname(resolve(file)));
     for (const note of notes) process.stderr.write(`${note.key}: ${note.why}\n`);
     process.stdout.write(`# converted from ${file} by keylessctl config convert\n${stringify(config)}`);
   },

@@ -45,14 +45,14 @@ export class FileBackend implements Backend {
     const skipped: SkippedKey[] = [];
     const skip = (path: string, reason: string) => {
       skipped.push({ source: path, reason });
-      this.logger.warn({ backend: this.name, file: path, reason }, `skipping key file ${path}: ${reason}`);
+      this.logger.warn({ file: path, reason }, `skipping key file ${path}: ${reason}`);
     };
     const warned = new Set<string>();
     const warnIfExposed = (path: string, what: string) => {
       const problem = warned.has(path) ? undefined : exposure(path);
       if (!problem) return;
       warned.add(path);
-      this.logger.warn({ backend: this.name, file: path }, `${what} ${problem}`);
+      this.logger.warn({ file: path }, `${what} ${problem}`);
     };
     const { files, unusable } = await this.keyFiles();
     for (const { path, reason } of unusable) skip(path, reason);

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { relative, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { loadConfigFile, envOverrides, validateConfig, type Override } from '../config/load';
+import { blameOverride, loadConfigFile, envOverrides, validateConfig, type Override } from '../config/load';
 import { auditProblems, certificateValidityProblems, listenProblems, noKeysProblem } from '../config/preflight';
 import type { Config } from '../config/schema';
 import { Daemon } from '../daemon';
@@ -58,7 +58,7 @@ async function checkConfig(file: string, overrides: Override[], portCheck: boole
   const config = loadConfigFile(file, overrides, (note) => process.stdout.write(`${file} (gokeyless.yaml): ${note.key}: ${note.why}\n`));
   const problems: ConfigError[] = [];
   const collect = (err: unknown) => {
-    if (err instanceof ConfigError) problems.push(err);
+    if (err instanceof ConfigError) problems.push(blameOverride(err, overrides));
     else throw err;
   };
   try {
@@ -66,15 +66,15 @@ async function checkConfig(file: string, overrides: Override[], portCheck: boole
   } catch (err) {
     collect(err);
   }
-  problems.push(...certificateValidityProblems(config.tls), ...auditProblems(config.audit));
-  if (portCheck) problems.push(...(await listenProblems(config)));
+  [...certificateValidityProblems(config.tls), ...auditProblems(config.audit)].forEach(collect);
+  if (portCheck) (await listenProblems(config)).forEach(collect);
   let summary = '';
   const warnings: string[] = [];
   try {
     const keys = await openKeySet(config, warningCollector(warnings));
     await closeKeySet(keys);
     const none = noKeysProblem(keys.registry.size, keys.skipped);
-    if (none) problems.push(none);
+    if (none) collect(none);
     const skipped = keys.skipped.map((s) => `  skipped ${s.source}: ${s.reason}\n`).join('');
     const warned = warnings.map((w) => `  warning: ${w}\n`).join('');
     summary = `${file}: OK, ${keys.registry.size} keys from ${config.backends.length} backend(s)\n${skipped}${warned}`;
@@ -106,6 +106,9 @@ function refuseInvalidCertificates(config: Config): Config {
   return config;
 }
 
+/** Set once parsed, so a ConfigError about an overridden field can name the variable or flag. */
+let activeOverrides: Override[] = [];
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -133,6 +136,7 @@ async function main(): Promise<void> {
       return typeof value === 'string' ? [{ path, value, source: `--${flag}` }] : [];
     }),
   ];
+  activeOverrides = overrides;
   if (values['check-config']) return checkConfig(values['check-config'], overrides, !values['skip-port-check']);
 
   let load: () => Config;
@@ -196,7 +200,7 @@ function printEmbeddedHint(dir: string, port: number): void {
 }
 
 main().catch((err: unknown) => {
-  if (err instanceof ConfigError) fail(err.message);
+  if (err instanceof ConfigError) fail(blameOverride(err, activeOverrides).message);
   if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') fail(`cannot listen: ${(err as Error).message} (another keylessd running?)`);
   if ((err as NodeJS.ErrnoException).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') fail(`${(err as Error).message}\n${USAGE}`);
   fail((err as Error).message);

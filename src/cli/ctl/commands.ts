@@ -8,7 +8,7 @@ import { convertGokeylessConfig } from '../../config/gokeyless';
 import { parseYaml } from '../../config/load';
 import { initPki } from '../../pki/init';
 import { CONNECTION_HELP, CONNECTION_OPTIONS, UsageError, openSession } from './connection';
-import { parseHex, readInput, writeOutput } from './io';
+import { describeFsError, parseHex, readInput, writeOutput } from './io';
 import { parseKeyRef } from './keyref';
 import type { keyless } from '../../gen/keyless';
 import { ERROR_NAMES, OPCODE_OF, connectCloudflare, skiFromFlag } from './cloudflare';
@@ -285,7 +285,7 @@ keylessd --config gokeyless.yaml also works directly; converting lets you review
     try {
       text = readFileSync(file, 'utf8');
     } catch (err) {
-      throw new UsageError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      throw new UsageError(`cannot read ${file}: ${describeFsError(err)}`);
     }
     const { config, notes } = convertGokeylessConfig(parseYaml(text, file), dirname(resolve(file)));
     for (const note of notes) process.stderr.write(`${note.key}: ${note.why}\n`);

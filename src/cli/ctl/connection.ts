@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { KeylessSession, type SessionOptions } from '../../client/session';
 import { pkiDir, stateDir } from '../../devstate';
 import { PKI_FILES } from '../../pki/init';
+import { describeFsError } from './io';
 
 export const CONNECTION_HELP = `Connection (flags, else environment, else the embedded default's state folder):
   --server URL       wss://host:port/v1 or host:port     ($KEYLESS_SERVER; default wss://127.0.0.1:2408/v1)
@@ -39,7 +40,7 @@ function readNamed(what: string, path: string): Buffer {
   try {
     return readFileSync(path);
   } catch (err) {
-    throw new UsageError(`cannot read the ${what} ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw new UsageError(`cannot read the ${what} ${path}: ${describeFsError(err)}`);
   }
 }
 

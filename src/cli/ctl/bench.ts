@@ -13,7 +13,7 @@ import { signatureAlgorithmNumber } from '../../protocol/v1';
 import type { Command } from './commands';
 import { ConnectionError } from '../../client/errors';
 import { CheckFailedError } from './exit';
-import { CONNECTION_HELP, CONNECTION_OPTIONS, UsageError, sessionOptions, openSession } from './connection';
+import { CONNECTION_HELP, CONNECTION_OPTIONS, UsageError, explainV1ConnectError, sessionOptions, openSession } from './connection';
 import { parseKeyRef } from './keyref';
 import { keyRefToMessage } from '../../protocol/v1';
 
@@ -111,7 +111,7 @@ ${CONNECTION_HELP}`,
           return new Promise<BenchConnection>((resolve, reject) => {
             const ws = new WebSocket(options.url, SUBPROTOCOL, { ca: options.ca, cert: options.cert, key: options.key, perMessageDeflate: false, maxPayload: 1 << 24 });
             ws.once('open', () => resolve(webSocketConnection(ws)));
-            ws.once('error', reject);
+            ws.once('error', (err) => reject(explainV1ConnectError(err, options.url)));
           });
         };
 

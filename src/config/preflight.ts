@@ -1,3 +1,5 @@
+import 'reflect-metadata';
+import { X509Crl } from '@peculiar/x509';
 import { X509Certificate } from 'node:crypto';
 import { closeSync, openSync, readFileSync, statSync, unlinkSync, constants } from 'node:fs';
 import { createServer } from 'node:net';
@@ -20,8 +22,16 @@ function certificateAt(path: string): X509Certificate | undefined {
   }
 }
 
+function crlNextUpdate(path: string): Date | undefined {
+  try {
+    return new X509Crl(readFileSync(path, 'utf8')).nextUpdate;
+  } catch {
+    return undefined; // unreadable: loadTlsMaterial names it; unparsable: the TLS stack refuses it
+  }
+}
+
 /** The server certificate must be valid now; a client CA that has expired lets no edge in. */
-export function certificateValidityProblems(tls: Pick<Config['tls'], 'cert' | 'client_ca'>, now = new Date()): ConfigError[] {
+export function certificateValidityProblems(tls: Pick<Config['tls'], 'cert' | 'client_ca' | 'crl'>, now = new Date()): ConfigError[] {
   const problems: ConfigError[] = [];
   const server = certificateAt(tls.cert);
   if (server) {
@@ -32,6 +42,10 @@ export function certificateValidityProblems(tls: Pick<Config['tls'], 'cert' | 'c
   const ca = certificateAt(tls.client_ca);
   if (ca && new Date(ca.validTo) < now) {
     problems.push(new ConfigError('tls.client_ca', `the client CA certificate ${tls.client_ca} expired on ${new Date(ca.validTo).toISOString()}; no edge certificate can be verified`));
+  }
+  const nextUpdate = tls.crl === undefined ? undefined : crlNextUpdate(tls.crl);
+  if (nextUpdate && nextUpdate < now) {
+    problems.push(new ConfigError('tls.crl', `the CRL ${tls.crl} is past its next update (${nextUpdate.toISOString()}): every client handshake would fail; refresh it (keylessctl pki crl), then reload`));
   }
   return problems;
 }

@@ -10,6 +10,7 @@ import { initPki } from '../../pki/init';
 import { CONNECTION_HELP, CONNECTION_OPTIONS, UsageError, openSession } from './connection';
 import { describeFsError, parseHex, readInput, writeOutput } from './io';
 import { CheckFailedError } from './exit';
+import { PKI_CLIENT_HELP, runPkiClients } from './pki-clients';
 import { parseKeyRef } from './keyref';
 import type { keyless } from '../../gen/keyless';
 import { ERROR_NAMES, OPCODE_OF, connectCloudflare, skiFromFlag } from './cloudflare';
@@ -206,8 +207,9 @@ ${CONNECTION_HELP}`,
 };
 
 export const pki: Command = {
-  summary: 'create a CA, a server and a client certificate for a deployment (pki init DIR)',
+  summary: 'certificates: pki init DIR (CA, server, client), pki add-client NAME, pki revoke, pki crl',
   help: `Usage: keylessctl pki init DIR [options]
+${PKI_CLIENT_HELP}
 
 Writes ca.crt/ca.key, server.crt/server.key and client.crt/client.key (ECDSA P-256) into DIR.
 Refuses to replace an existing CA.
@@ -222,6 +224,7 @@ Refuses to replace an existing CA.
   --ca-days N            CA lifetime in days (default 3650)
   --days N               server and client certificate lifetime in days (default 397)`,
   async run(argv) {
+    if (argv[0] !== undefined && argv[0] !== 'init' && !argv[0].startsWith('-')) return runPkiClients(argv);
     const { values, positionals } = parse(argv, {
       'ca-name': { type: 'string', default: 'keylessd CA' },
       'server-name': { type: 'string' },
@@ -233,7 +236,7 @@ Refuses to replace an existing CA.
       'ca-days': { type: 'string', default: '3650' },
       days: { type: 'string', default: '397' },
     });
-    if (positionals[0] !== 'init') throw new UsageError('the only pki subcommand is `pki init DIR`');
+    if (positionals[0] !== 'init') throw new UsageError('pki subcommands: init DIR, add-client NAME, revoke CERT, crl');
     const dir = required(positionals[1], 'DIR');
     const days = (flag: string, text: string) => {
       const n = Number(text);

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -35,6 +35,7 @@ interface Setup {
 async function setup(extra: Partial<Record<'tls' | 'audit' | 'backends' | 'listen', string>> = {}, pki?: TestPki): Promise<Setup> {
   const testPki = pki ?? (await makeTestPki());
   const keys = writeKeyDir([{ name: 'a', key: generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey }]);
+  chmodSync(join(keys, 'a.pem'), 0o600); // as an operator should keep it: no warning in the output
   const ports = { listen: await freePort(), metrics: await freePort() };
   const file = join(testPki.dir, 'keylessd.yaml');
   writeFileSync(

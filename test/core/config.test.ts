@@ -1,14 +1,21 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createPublicKey, generateKeyPairSync } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { envOverrides, loadConfigFile, validateConfig } from '../../src/config/load';
 import { describePublicKey } from '../../src/crypto/keyid';
 import { ConfigError } from '../../src/errors';
 import { makeTestPki } from '../helpers/pki';
-import { writeKeyDir } from '../helpers/daemon';
+import { writeKeyDir as writeAnyKeyDir } from '../helpers/daemon';
 import { freePort } from '../helpers/ports';
+
+/** Key files as an operator should keep them (0600), so --check-config has no warning to add. */
+function writeKeyDir(keys: Parameters<typeof writeAnyKeyDir>[0]): string {
+  const dir = writeAnyKeyDir(keys);
+  for (const entry of readdirSync(dir)) chmodSync(join(dir, entry), 0o600);
+  return dir;
+}
 
 const base = { tls: { cert: '/c', key: '/k', client_ca: '/ca' }, backends: [{ type: 'file', dir: '/keys' }] };
 
@@ -48,7 +55,7 @@ describe('validation names the field and the problem', () => {
     const config = validateConfig(base, envOverrides({ KEYLESSD_LISTEN_PORT: '9999', KEYLESSD_LOG_LEVEL: 'debug' }));
     expect(config.listen.port).toBe(9999);
     expect(config.log.level).toBe('debug');
-    expect(problem(base, envOverrides({ KEYLESSD_LISTEN_PORT: 'abc' }))).toContain('listen.port: expected a number between 1 and 65535, got "abc"');
+    expect(problem(base, envOverrides({ KEYLESSD_LISTEN_PORT: 'abc' }))).toContain('listen.port (set by $KEYLESSD_LISTEN_PORT): expected a number between 1 and 65535, got "abc"');
   });
 
   test('relative paths are resolved against the config file folder', () => {

@@ -72,4 +72,16 @@ describe('the wrong protocol for a port is named within a second, not after a ti
       `keylessctl: ${v1} speaks keyless.v1 (HTTPS/WebSocket), not the Cloudflare Keyless protocol: drop --protocol cloudflare, or connect to the compatibility port (2407 by default)\n`,
     );
   });
+
+  test('bench with the Cloudflare protocol at the keyless.v1 port says so and exits 3', async () => {
+    const result = await ctl(['bench', '--protocol', 'cloudflare', '--operation', 'ping', '--sessions', '1', '--duration', '30', '--warmup', '0', '--server', v1, ...credentials]);
+    expect(result.status).toBe(3);
+    expect(result.stdout).toContain('connection errors: 1 x the server speaks keyless.v1 (HTTPS/WebSocket), not the Cloudflare protocol: drop --protocol cloudflare');
+  });
+
+  test('bench with keyless.v1 at the compatibility port says so and exits 3', async () => {
+    const result = await ctl(['bench', '--operation', 'ping', '--sessions', '1', '--duration', '30', '--warmup', '0', '--server', compat, ...credentials]);
+    expect(result.status).toBe(3);
+    expect(result.stderr).toContain('is a Cloudflare Keyless protocol port (the compatibility port), not keyless.v1: add --protocol cloudflare');
+  });
 });

@@ -92,13 +92,22 @@ ${CONNECTION_HELP}`,
           const reader = new FrameReader();
           client.socket.removeAllListeners('data');
           let closing = false;
+          let error: string | undefined;
           return {
             send: (frame) => void client.socket.write(frame),
-            onMessage: (handler) => client.socket.on('data', (chunk: Buffer) => reader.push(chunk).forEach(handler)),
+            onMessage: (handler) =>
+              client.socket.on('data', (chunk: Buffer) => {
+                // A keyless.v1 port answers Cloudflare frames with an HTTP error: name the protocol.
+                if (reader.pending === 0 && chunk.subarray(0, 5).toString('latin1') === 'HTTP/') {
+                  error = 'the server speaks keyless.v1 (HTTPS/WebSocket), not the Cloudflare protocol: drop --protocol cloudflare';
+                  client.socket.destroy();
+                  return;
+                }
+                reader.push(chunk).forEach(handler);
+              }),
             onLost: (handler) => {
-              let error: string | undefined;
-              client.socket.on('error', (err: NodeJS.ErrnoException) => (error = err.code ?? err.message));
-              client.socket.on('close', () => closing || handler(error ? `connection lost: ${error}` : 'connection closed by the server'));
+              client.socket.on('error', (err: NodeJS.ErrnoException) => (error ??= err.code ?? err.message));
+              client.socket.on('close', () => closing || handler(error?.startsWith('the server') ? error : error ? `connection lost: ${error}` : 'connection closed by the server'));
             },
             close: () => {
               closing = true;

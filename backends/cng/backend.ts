@@ -72,7 +72,7 @@ export class CngBackend implements Backend {
     const loaded = await Promise.all(this.config.keys.map((key) => this.loadKey(key)));
     const keys = loaded.filter((k): k is CngKey => k instanceof CngKey);
     const skipped = loaded.filter((k): k is SkippedKey => !(k instanceof CngKey));
-    for (const s of skipped) this.logger.warn({ backend: this.name, key: s.source, reason: s.reason }, `skipping CNG key ${s.source}: ${s.reason}`);
+    for (const s of skipped) this.logger.warn({ key: s.source, reason: s.reason }, `skipping CNG key ${s.source}: ${s.reason}`);
     return { keys, skipped };
   }
 
@@ -134,7 +134,7 @@ export class CngBackend implements Backend {
     this.up = false;
     this.shim = undefined;
     if (Date.now() - this.upSince >= STABLE_MS) this.backoffMs = FIRST_BACKOFF_MS;
-    this.logger.error({ backend: this.name, reason, retry_ms: this.backoffMs }, `the CNG shim ${reason}; restarting it`);
+    this.logger.error({ reason, retry_ms: this.backoffMs }, `the CNG shim ${reason}; restarting it`);
     this.scheduleRestart();
   }
 
@@ -149,10 +149,10 @@ export class CngBackend implements Backend {
       const shim = await this.launch();
       if (this.closed) return void (await shim.close(CLOSE_GRACE_MS));
       this.serve(shim);
-      this.logger.info({ backend: this.name, pid: shim.pid }, 'the CNG shim is back; serving again');
+      this.logger.info({ pid: shim.pid }, 'the CNG shim is back; serving again');
     } catch (err) {
       if (this.closed) return;
-      this.logger.error({ backend: this.name, err: (err as Error).message, retry_ms: this.backoffMs }, 'the CNG shim did not restart');
+      this.logger.error({ err: (err as Error).message, retry_ms: this.backoffMs }, 'the CNG shim did not restart');
       this.scheduleRestart();
     }
   }

@@ -15,6 +15,9 @@ export function parsePrivateKey(bytes: Buffer, passphrase: string | undefined): 
     if (text.includes('-----BEGIN ENCRYPTED PRIVATE KEY-----') && passphrase === undefined) {
       throw new Error('is encrypted and no passphrase_file is configured for it');
     }
+    if (/Proc-Type:\s*4,\s*ENCRYPTED/.test(text) && passphrase === undefined) {
+      throw new Error('is encrypted with legacy PEM encryption (Proc-Type: 4,ENCRYPTED) and no passphrase_file is configured for it');
+    }
     return withReadableError(() => createPrivateKey({ key: bytes, format: 'pem', passphrase }));
   }
   const attempts: Array<'pkcs8' | 'pkcs1' | 'sec1'> = ['pkcs8', 'pkcs1', 'sec1'];

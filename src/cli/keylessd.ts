@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 import { relative, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { loadConfigFile, envOverrides, validateConfig, type Override } from '../config/load';
+import { blameOverride, loadConfigFile, envOverrides, validateConfig, type Override } from '../config/load';
+import { auditProblems, certificateValidityProblems, listenProblems, noKeysProblem } from '../config/preflight';
 import type { Config } from '../config/schema';
 import { Daemon } from '../daemon';
 import { DEFAULT_STATE_DIR, devConfig, ensureDevState, stateDir } from '../devstate';
@@ -19,7 +20,10 @@ With no --config it serves the embedded default: a development PKI and demo keys
 
 Options:
   --config FILE          YAML configuration file
-  --check-config FILE    validate FILE (settings, TLS files, every key) and exit
+  --check-config FILE    validate FILE (settings, TLS files and their validity, every key,
+                         the audit folder, free ports) and exit: 0 if it would serve, 1 if not
+  --skip-port-check      with --check-config: do not try to bind the ports (checking a new
+                         file for a keylessd that is running and will reload it)
   --state-dir DIR        state folder of the embedded default
   --listen-host HOST     overrides listen.host        ($KEYLESSD_LISTEN_HOST)
   --port N               overrides listen.port        ($KEYLESSD_LISTEN_PORT)
@@ -46,21 +50,71 @@ function fail(message: string): never {
   process.exit(1);
 }
 
-/** Opens every backend and reads the TLS files once, so a config that passes will start. */
-async function checkConfig(file: string, overrides: Override[]): Promise<void> {
+/**
+ * Opens every backend, reads the TLS files, probes the audit folder and the ports, so a
+ * config that passes will start and serve. Every problem found is printed, one line each.
+ */
+async function checkConfig(file: string, overrides: Override[], portCheck: boolean): Promise<void> {
   const config = loadConfigFile(file, overrides, (note) => process.stdout.write(`${file} (gokeyless.yaml): ${note.key}: ${note.why}\n`));
-  loadTlsMaterial(config.tls);
-  const keys = await openKeySet(config, createLogger('silent'));
-  await closeKeySet(keys);
-  const skipped = keys.skipped.map((s) => `  skipped ${s.source}: ${s.reason}\n`).join('');
-  process.stdout.write(`${file}: OK, ${keys.registry.size} keys from ${config.backends.length} backend(s)\n${skipped}`);
+  const problems: ConfigError[] = [];
+  const collect = (err: unknown) => {
+    if (err instanceof ConfigError) problems.push(blameOverride(err, overrides));
+    else throw err;
+  };
+  try {
+    loadTlsMaterial(config.tls);
+  } catch (err) {
+    collect(err);
+  }
+  [...certificateValidityProblems(config.tls), ...auditProblems(config.audit)].forEach(collect);
+  if (portCheck) (await listenProblems(config)).forEach(collect);
+  let summary = '';
+  const warnings: string[] = [];
+  try {
+    const keys = await openKeySet(config, warningCollector(warnings));
+    await closeKeySet(keys);
+    const none = noKeysProblem(keys.registry.size, keys.skipped);
+    if (none) collect(none);
+    const skipped = keys.skipped.map((s) => `  skipped ${s.source}: ${s.reason}\n`).join('');
+    const warned = warnings.map((w) => `  warning: ${w}\n`).join('');
+    summary = `${file}: OK, ${keys.registry.size} keys from ${config.backends.length} backend(s)\n${skipped}${warned}`;
+  } catch (err) {
+    collect(err);
+  }
+  if (problems.length > 0) {
+    process.stderr.write(problems.map((p) => `keylessd: ${p.message}\n`).join(''));
+    process.exit(1);
+  }
+  process.stdout.write(summary);
 }
+
+/** A logger that keeps the messages of warnings (those about skipped keys are listed apart). */
+function warningCollector(into: string[]) {
+  const sink = {
+    write(line: string) {
+      const entry = JSON.parse(line) as { level: string; msg: string };
+      if (entry.level === 'warn' && !/^(skipping key file|not serving) /.test(entry.msg)) into.push(entry.msg);
+    },
+  };
+  return createLogger('warn', sink);
+}
+
+/** Startup refuses a server certificate outside its validity period (and so does a reload). */
+function refuseInvalidCertificates(config: Config): Config {
+  const [first] = certificateValidityProblems(config.tls);
+  if (first) throw first;
+  return config;
+}
+
+/** Set once parsed, so a ConfigError about an overridden field can name the variable or flag. */
+let activeOverrides: Override[] = [];
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       config: { type: 'string' },
       'check-config': { type: 'string' },
+      'skip-port-check': { type: 'boolean' },
       'state-dir': { type: 'string' },
       'listen-host': { type: 'string' },
       port: { type: 'string' },
@@ -82,19 +136,20 @@ async function main(): Promise<void> {
       return typeof value === 'string' ? [{ path, value, source: `--${flag}` }] : [];
     }),
   ];
-  if (values['check-config']) return checkConfig(values['check-config'], overrides);
+  activeOverrides = overrides;
+  if (values['check-config']) return checkConfig(values['check-config'], overrides, !values['skip-port-check']);
 
   let load: () => Config;
   let embedded: string | undefined;
   if (values.config) {
     const file = values.config;
-    load = () => loadConfigFile(file, overrides, (note) => process.stderr.write(`keylessd: ${file} looks like a gokeyless.yaml: ${note.key}: ${note.why}\n`));
+    load = () => refuseInvalidCertificates(loadConfigFile(file, overrides, (note) => process.stderr.write(`keylessd: ${file} looks like a gokeyless.yaml: ${note.key}: ${note.why}\n`)));
   } else {
     const dir = stateDir(process.env, values['state-dir']);
     embedded = dir;
     const created = await ensureDevState(dir);
     if (created) process.stderr.write(`keylessd: created a development PKI and demo keys in ${dir}\n`);
-    load = () => validateConfig(devConfig(dir), overrides);
+    load = () => refuseInvalidCertificates(validateConfig(devConfig(dir), overrides));
   }
   const config = load();
   const logger = createLogger(config.log.level);
@@ -145,7 +200,7 @@ function printEmbeddedHint(dir: string, port: number): void {
 }
 
 main().catch((err: unknown) => {
-  if (err instanceof ConfigError) fail(err.message);
+  if (err instanceof ConfigError) fail(blameOverride(err, activeOverrides).message);
   if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') fail(`cannot listen: ${(err as Error).message} (another keylessd running?)`);
   if ((err as NodeJS.ErrnoException).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') fail(`${(err as Error).message}\n${USAGE}`);
   fail((err as Error).message);

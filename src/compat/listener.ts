@@ -90,7 +90,17 @@ export class CompatListener {
         });
       }
     };
+    let first = true;
     socket.on('data', (chunk: Buffer) => {
+      // A keyless.v1 client (HTTP upgrade) at this port would otherwise wait for a 20 KiB frame
+      // until it times out: answer 421 Misdirected Request at once, which keylessctl explains.
+      const opening = first;
+      first = false;
+      if (opening && /^[A-Z]{3,7} \//.test(chunk.subarray(0, 9).toString('latin1'))) {
+        this.metrics.protocolErrors.inc({ listener: LISTENER, kind: 'format' });
+        socket.end('HTTP/1.1 421 Misdirected Request\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nthis port speaks the Cloudflare Keyless protocol, not keyless.v1\n');
+        return;
+      }
       for (const bytes of reader.push(chunk)) this.handle(session, bytes).then(send);
     });
     socket.on('error', (err) => this.logger.debug({ session: session.id, error: err.message }, 'compat connection error'));

@@ -1,3 +1,7 @@
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { basename, extname, isAbsolute, join, resolve } from 'node:path';
+import { parsePrivateKey } from '../../backends/file/parse';
+
 /**
  * Reads a gokeyless.yaml (the reference Keyless server's config) as a keylessd config, so
  * an operator can point keylessd at the file they have. Every key it does not use is
@@ -35,7 +39,46 @@ export function looksLikeGokeylessConfig(raw: Record<string, unknown>): boolean 
   return GOKEYLESS_ONLY.some((key) => key in raw);
 }
 
-export function convertGokeylessConfig(raw: Record<string, unknown>): { config: Record<string, unknown>; notes: ConversionNote[] } {
+/**
+ * Names of the unencrypted RSA keys a file store serves, named as the file backend names
+ * them (file name without extension). gokeyless lets every RSA key decrypt; these are the
+ * keys whose decrypt the converted config keeps.
+ */
+function rsaKeyNames(store: { dir?: string; file?: string }, baseDir: string): string[] {
+  const at = (path: string) => (isAbsolute(path) ? path : resolve(baseDir, path));
+  let paths: string[] = [];
+  try {
+    if (store.file !== undefined) paths = [at(store.file)];
+    else if (store.dir !== undefined) {
+      const dir = at(store.dir);
+      paths = readdirSync(dir)
+        .filter((entry) => !entry.startsWith('.'))
+        .map((entry) => join(dir, entry))
+        .filter((path) => {
+          try {
+            return statSync(path).isFile();
+          } catch {
+            return false;
+          }
+        });
+    }
+  } catch {
+    return []; // the backend reports an unreadable folder when it opens
+  }
+  return paths.flatMap((path) => {
+    try {
+      return parsePrivateKey(readFileSync(path), undefined).asymmetricKeyType === 'rsa' ? [basename(path, extname(path))] : [];
+    } catch {
+      return [];
+    }
+  });
+}
+
+/**
+ * `baseDir` is the gokeyless.yaml's folder: relative key paths are read from there to find
+ * the RSA keys, which keep their ability to decrypt.
+ */
+export function convertGokeylessConfig(raw: Record<string, unknown>, baseDir = process.cwd()): { config: Record<string, unknown>; notes: ConversionNote[] } {
   const notes: ConversionNote[] = [];
   const config: Record<string, unknown> = {
     // The compat port is where existing edges connect; gokeyless listens on every interface.
@@ -63,6 +106,23 @@ export function convertGokeylessConfig(raw: Record<string, unknown>): { config: 
     else notes.push({ key: `private_key_stores[${i}]`, why: 'has none of dir, file or uri' });
   });
   config.backends = backends;
+  // gokeyless decrypts with any RSA key (TLS 1.2 RSA key exchange); keylessd allows it per key.
+  const rsa = [...new Set(stores.flatMap((store: { dir?: string; file?: string }) => (typeof store?.dir === 'string' || typeof store?.file === 'string' ? rsaKeyNames(store, baseDir) : [])))].sort();
+  if (rsa.length > 0) {
+    config.keys = Object.fromEntries(rsa.map((name) => [name, { decrypt: true, decrypt_raw: true }]));
+    notes.push({
+      key: '(decrypt)',
+      why:
+        `RSA keys ${rsa.join(', ')} may decrypt (decrypt: true, decrypt_raw: true) as gokeyless allowed, so TLS 1.2 handshakes with RSA key exchange keep working. ` +
+        'To narrow it, convert this file (keylessctl config convert) and set keys.NAME.decrypt_raw: false for keys whose edges use only ECDHE, or give a key a policy with operations: [sign]',
+    });
+  }
+  if (backends.some((b) => b.type === 'pkcs11')) {
+    notes.push({
+      key: '(decrypt)',
+      why: 'RSA keys on a PKCS#11 token do not decrypt unless allowed: add keys.LABEL: {decrypt: true, decrypt_raw: true} for those used with TLS 1.2 RSA key exchange',
+    });
+  }
   const used = new Set(['port', 'metrics_port', 'auth_cert', 'auth_key', 'cloudflare_ca_cert', 'private_key_stores', 'loglevel', 'pid_file']);
   for (const key of Object.keys(raw)) {
     if (used.has(key)) continue;

@@ -33,6 +33,20 @@ export function envOverrides(env: NodeJS.ProcessEnv): Override[] {
   return Object.entries(ENV_OVERRIDES).flatMap(([name, path]) => (env[name] === undefined ? [] : [{ path, value: env[name]!, source: name }]));
 }
 
+/** How an override is named in a message: `$KEYLESSD_LISTEN_PORT` or `--port`. */
+function sourceName(source: string): string {
+  return source.startsWith('-') ? source : `$${source}`;
+}
+
+/**
+ * The same error, saying which environment variable or flag set the field, when one did:
+ * `listen.port (set by $KEYLESSD_LISTEN_PORT): expected a number …`.
+ */
+export function blameOverride(err: ConfigError, overrides: readonly Override[]): ConfigError {
+  const override = [...overrides].reverse().find((o) => o.path.join('.') === err.field);
+  return override ? new ConfigError(`${err.field} (set by ${sourceName(override.source)})`, err.problem) : err;
+}
+
 /** "2408" becomes 2408 and "true" becomes true, so the schema checks the value, not its spelling. */
 function typed(value: string): unknown {
   if (/^-?\d+$/.test(value)) return Number(value);
@@ -79,8 +93,15 @@ export function validateConfig(raw: Record<string, unknown>, overrides: readonly
   applyOverrides(copy, overrides);
   const result = configSchema.safeParse(copy, { reportInput: true });
   if (!result.success) {
-    const lines = formatConfigIssues(result.error);
-    throw new ConfigError(lines[0]!.split(':')[0]!, lines.length === 1 ? lines[0]!.slice(lines[0]!.indexOf(':') + 2) : `\n  ${lines.join('\n  ')}`);
+    const lines = formatConfigIssues(result.error).map((line) => {
+      const field = line.slice(0, line.indexOf(':'));
+      return blameOverride(new ConfigError(field, line.slice(field.length + 2)), overrides).message;
+    });
+    if (lines.length === 1) {
+      const field = lines[0]!.slice(0, lines[0]!.indexOf(': '));
+      throw new ConfigError(field, lines[0]!.slice(field.length + 2));
+    }
+    throw new ConfigError(lines[0]!.split(':')[0]!, `\n  ${lines.join('\n  ')}`);
   }
   return resolvePaths(result.data, baseDir);
 }
@@ -98,7 +119,7 @@ export function loadConfigFile(file: string, overrides: readonly Override[] = []
   }
   let raw = parseYaml(text, file);
   if (looksLikeGokeylessConfig(raw)) {
-    const converted = convertGokeylessConfig(raw);
+    const converted = convertGokeylessConfig(raw, dirname(resolve(file)));
     converted.notes.forEach(onNote);
     raw = converted.config;
   }

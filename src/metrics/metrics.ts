@@ -24,6 +24,15 @@ class ChildCache<T extends string, C> {
  * configuration and the protocol only (listener, backend, key name, operation,
  * algorithm, error code), never per client or per request, so cardinality stays bounded.
  */
+/**
+ * One naming scheme for the `algorithm` label: the keyless.v1 enum names, for signatures
+ * (`ECDSA_SHA256`) and decryption paddings alike (`RSA_RAW`, `RSA_OAEP_SHA256`, never
+ * `rsa-oaep-sha256`). Computed once per label set (ChildCache), not per request.
+ */
+export function algorithmLabel(algorithm: string): string {
+  return algorithm.toUpperCase().replace(/-/g, '_');
+}
+
 export class Metrics {
   readonly registry = new Registry();
 
@@ -157,7 +166,7 @@ export class Metrics {
 
   /** One answered request: counted by outcome, timed by operation. */
   recordRequest(listener: string, operation: string, algorithm: string, backend: string, result: string, seconds: number): void {
-    this.requestChildren.get(`${listener}|${operation}|${algorithm}|${backend}|${result}`, { listener, operation, algorithm, backend, result }).inc();
+    this.requestChildren.get(`${listener}|${operation}|${algorithm}|${backend}|${result}`, { listener, operation, algorithm: algorithmLabel(algorithm), backend, result }).inc();
     this.requestDurationChildren.get(`${listener}|${operation}`, { listener, operation }).observe(seconds);
   }
 

@@ -4,6 +4,7 @@ import { loadAuditPublicKey } from '../../audit/signing';
 import { auditLogFiles, latestCheckpoint, verifyAuditFiles } from '../../audit/verify';
 import type { Command } from './commands';
 import { UsageError } from './connection';
+import { CheckFailedError } from './exit';
 
 function readFlagFile(flag: string, path: string): string {
   try {
@@ -23,7 +24,7 @@ function filesOf(paths: string[]): string[] {
 
 export const audit: Command = {
   summary: 'check an audit log (audit verify LOG), print its latest signed checkpoint (audit checkpoint LOG)',
-  help: `Usage: keylessctl audit verify [--public-key FILE] [--anchor FILE] LOG
+  help: `Usage: keylessctl audit verify [--public-key FILE] [--anchor FILE] [--json] LOG
        keylessctl audit verify [options] FILE...      (rotated files oldest first, then the current one)
        keylessctl audit checkpoint LOG > anchor.json
 
@@ -35,10 +36,11 @@ or where a retention record says, and
   --anchor FILE       that the log still holds the checkpoint in FILE, saved earlier with
                       'audit checkpoint': catches records cut off the end and rewritten logs
 It prints what it verified, or the first record that is wrong (file and line), and exits 1.
+--json prints the result as one JSON object either way.
 
 checkpoint prints the newest signed checkpoint record of LOG: keep it off this host.`,
   async run(argv) {
-    const { values, positionals } = parseArgs({ args: argv, options: { 'public-key': { type: 'string' }, anchor: { type: 'string' } }, allowPositionals: true, strict: true });
+    const { values, positionals } = parseArgs({ args: argv, options: { 'public-key': { type: 'string' }, anchor: { type: 'string' }, json: { type: 'boolean' } }, allowPositionals: true, strict: true });
     const [sub, ...paths] = positionals;
     if (sub === 'checkpoint') {
       if (paths.length !== 1) throw new UsageError('usage: keylessctl audit checkpoint LOG');
@@ -60,7 +62,9 @@ checkpoint prints the newest signed checkpoint record of LOG: keep it off this h
     const anchor = values.anchor === undefined ? undefined : readFlagFile('--anchor', values.anchor);
     const files = filesOf(paths);
     const result = verifyAuditFiles(files, { publicKey, anchor });
-    if (!result.ok) throw new UsageError(`audit log broken at ${result.file}:${result.line}: ${result.reason}`);
+    if (values.json) process.stdout.write(`${JSON.stringify({ files, ...result, anchor: anchor !== undefined })}\n`);
+    if (!result.ok) throw new CheckFailedError(`audit log broken at ${result.file}:${result.line}: ${result.reason}`);
+    if (values.json) return;
     const signatures = publicKey ? `, ${result.signaturesChecked} signed records verified` : result.checkpoints > 0 ? ' (signatures not checked: give --public-key)' : '';
     process.stdout.write(
       `OK: ${result.records} records (${result.firstSeq}–${result.lastSeq}) verified in ${files.length} file(s), ${result.checkpoints} checkpoints${signatures}${anchor ? ', anchor found' : ''}\n`,

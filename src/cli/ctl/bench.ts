@@ -11,7 +11,9 @@ import { OPCODE_OF, cloudflareBenchProtocol, connectCloudflare, skiFromFlag } fr
 import { v1Protocol } from '../../bench/v1-protocol';
 import { signatureAlgorithmNumber } from '../../protocol/v1';
 import type { Command } from './commands';
-import { CONNECTION_HELP, CONNECTION_OPTIONS, UsageError, sessionOptions, openSession } from './connection';
+import { ConnectionError } from '../../client/errors';
+import { CheckFailedError } from './exit';
+import { CONNECTION_HELP, CONNECTION_OPTIONS, UsageError, explainV1ConnectError, sessionOptions, openSession } from './connection';
 import { parseKeyRef } from './keyref';
 import { keyRefToMessage } from '../../protocol/v1';
 
@@ -29,6 +31,8 @@ function report(result: LoadResult, limit: number | undefined, json: boolean, la
     `latency ms: p50 ${ms(result.latencyUs.p50)}  p90 ${ms(result.latencyUs.p90)}  p99 ${ms(result.latencyUs.p99)}  p99.9 ${ms(result.latencyUs.p999)}`,
     `errors: ${Object.keys(result.errors).length === 0 ? 'none' : Object.entries(result.errors).map(([code, n]) => `${code} ${n}`).join(', ')}`,
   ];
+  const lost = Object.entries(result.connectionErrors);
+  if (lost.length > 0) lines.push(`connection errors: ${lost.map(([reason, n]) => `${n} x ${reason}`).join(', ')}`);
   if (limit) lines.push(`local limit (same signature in-process on all cores): ${limit.toFixed(0)}/s; ratio ${(result.opsPerSecond / limit).toFixed(3)}`);
   return `${lines.join('\n')}\n`;
 }
@@ -48,6 +52,10 @@ export const bench: Command = {
   --protocol P             keyless.v1 (default) or cloudflare (--server host:port, --key as SKI hex)
   --no-limit               skip measuring the local limit
   --json                   one JSON object instead of text
+
+On a terminal, progress (ops/s so far) is shown on standard error. Exit status 3 when
+sessions were lost during the run (the server went away: the report says how many and
+why), 1 when requests were answered with an error, else 0.
 
 The local limit is the same signature made in-process with OpenSSL on every core of
 this machine for --duration seconds, measured after the load run; the ratio compares the
@@ -83,10 +91,28 @@ ${CONNECTION_HELP}`,
           const client = await connectCloudflare(values);
           const reader = new FrameReader();
           client.socket.removeAllListeners('data');
+          let closing = false;
+          let error: string | undefined;
           return {
             send: (frame) => void client.socket.write(frame),
-            onMessage: (handler) => client.socket.on('data', (chunk: Buffer) => reader.push(chunk).forEach(handler)),
-            close: () => client.socket.destroy(),
+            onMessage: (handler) =>
+              client.socket.on('data', (chunk: Buffer) => {
+                // A keyless.v1 port answers Cloudflare frames with an HTTP error: name the protocol.
+                if (reader.pending === 0 && chunk.subarray(0, 5).toString('latin1') === 'HTTP/') {
+                  error = 'the server speaks keyless.v1 (HTTPS/WebSocket), not the Cloudflare protocol: drop --protocol cloudflare';
+                  client.socket.destroy();
+                  return;
+                }
+                reader.push(chunk).forEach(handler);
+              }),
+            onLost: (handler) => {
+              client.socket.on('error', (err: NodeJS.ErrnoException) => (error ??= err.code ?? err.message));
+              client.socket.on('close', () => closing || handler(error?.startsWith('the server') ? error : error ? `connection lost: ${error}` : 'connection closed by the server'));
+            },
+            close: () => {
+              closing = true;
+              client.socket.destroy();
+            },
           };
         }
       : () => {
@@ -94,7 +120,7 @@ ${CONNECTION_HELP}`,
           return new Promise<BenchConnection>((resolve, reject) => {
             const ws = new WebSocket(options.url, SUBPROTOCOL, { ca: options.ca, cert: options.cert, key: options.key, perMessageDeflate: false, maxPayload: 1 << 24 });
             ws.once('open', () => resolve(webSocketConnection(ws)));
-            ws.once('error', reject);
+            ws.once('error', (err) => reject(explainV1ConnectError(err, options.url)));
           });
         };
 
@@ -134,10 +160,17 @@ ${CONNECTION_HELP}`,
       warmupSeconds,
       connect,
       protocol,
-      progress: tty ? (n, t) => process.stderr.write(`\r${(n / t).toFixed(0)} ops/s after ${t.toFixed(0)} s   `) : undefined,
+      progress: tty ? (n, t) => process.stderr.write(`\r${(n / t).toFixed(0)} ops/s, ${n} answered, ${t.toFixed(0)} of ${seconds} s   `) : undefined,
     });
     if (tty) process.stderr.write('\r\x1b[K');
-    const limit = limitKey && !values['no-limit'] ? await measureLocalLimit(limitKey, seconds) : undefined;
+    const failed = Object.keys(result.connectionErrors).length > 0;
+    const limit = limitKey && !values['no-limit'] && !failed ? await measureLocalLimit(limitKey, seconds) : undefined;
     process.stdout.write(report(result, limit, values.json ?? false, label));
+    if (failed) {
+      const sessionsLost = Object.values(result.connectionErrors).reduce((a, b) => a + b, 0);
+      throw new ConnectionError(`${sessionsLost} of ${sessions} sessions were lost during the run; the figures above cover only what was answered`);
+    }
+    const refused = Object.values(result.errors).reduce((a, b) => a + b, 0);
+    if (refused > 0) throw new CheckFailedError(`${refused} of ${result.operations} requests were answered with an error`);
   },
 };

@@ -3,7 +3,9 @@ import type { BenchProtocol } from '../../bench/load';
 import { Tag, decodeFrame, encodeFrame, PADDED_LENGTH } from '../../compat/codec';
 import { Opcode } from '../../compat/request';
 import type { SignatureAlgorithm } from '../../crypto/algorithms';
+import { isIP } from 'node:net';
 import { UsageError, sessionOptions, type ConnectionFlags } from './connection';
+import { WrongProtocolError } from './exit';
 
 /** keyless.v1 algorithm names → the Cloudflare protocol's sign opcodes. */
 export const OPCODE_OF: Readonly<Record<SignatureAlgorithm, number>> = {
@@ -37,19 +39,40 @@ export const ERROR_NAMES: Readonly<Record<number, string>> = {
 };
 
 /** The compat port from --server (host:port; default 127.0.0.1:2407) with the usual credentials. */
-export function connectCloudflare(flags: ConnectionFlags): Promise<CompatClient> {
+export async function connectCloudflare(flags: ConnectionFlags): Promise<CompatClient> {
   const server = flags.server ?? process.env.KEYLESS_SERVER ?? '127.0.0.1:2407';
   const match = /^(?:[a-z]+:\/\/)?([^:/]+|\[[^\]]+\]):(\d+)\/?$/.exec(server);
   if (!match) throw new UsageError(`--server must be host:port for --protocol cloudflare, got ${server}`);
   const options = sessionOptions({ ...flags, server: `${match[1]}:${match[2]}` });
-  return CompatClient.connect({
-    host: match[1]!.replace(/^\[|\]$/g, ''),
+  const host = match[1]!.replace(/^\[|\]$/g, '');
+  const client = await CompatClient.connect({
+    host,
     port: Number(match[2]),
-    servername: flags.servername ?? (match[1] === '127.0.0.1' ? 'localhost' : match[1]),
+    // The name given (--servername), else the host: an IP address is checked against the
+    // certificate's IP SANs and sent without SNI (RFC 6066 forbids IPs there), as keyless.v1 does.
+    servername: flags.servername ?? (isIP(host) ? '' : host),
     ca: options.ca,
     cert: options.cert,
     key: options.key,
   });
+  guardAgainstHttp(client, `${match[1]}:${match[2]}`);
+  return client;
+}
+
+/**
+ * A keyless.v1 port answers Cloudflare frames with an HTTP error at once; without this the
+ * client would wait for a frame until its request timeout. Requests then fail with a hint.
+ */
+function guardAgainstHttp(client: CompatClient, target: string): void {
+  let wrong: ((err: Error) => void) | undefined;
+  const verdict = new Promise<never>((_resolve, reject) => (wrong = reject));
+  verdict.catch(() => {});
+  client.socket.prependListener('data', (chunk: Buffer) => {
+    if (chunk.subarray(0, 5).toString('latin1') !== 'HTTP/') return;
+    wrong!(new WrongProtocolError(`${target} speaks keyless.v1 (HTTPS/WebSocket), not the Cloudflare Keyless protocol: drop --protocol cloudflare, or connect to the compatibility port (2407 by default)`));
+  });
+  const request = client.request.bind(client);
+  client.request = (...args: Parameters<CompatClient['request']>) => Promise.race([request(...args), verdict]);
 }
 
 /** The compat protocol needs an SKI: it has no key names. */

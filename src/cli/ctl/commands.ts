@@ -1,12 +1,15 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { SIGNATURE_ALGORITHMS, type SignatureAlgorithm } from '../../crypto/algorithms';
 import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { stringify } from 'yaml';
 import { convertGokeylessConfig } from '../../config/gokeyless';
 import { parseYaml } from '../../config/load';
 import { initPki } from '../../pki/init';
 import { CONNECTION_HELP, CONNECTION_OPTIONS, UsageError, openSession } from './connection';
-import { parseHex, readInput, writeOutput } from './io';
+import { describeFsError, parseHex, readInput, writeOutput } from './io';
+import { CheckFailedError } from './exit';
+import { PKI_CLIENT_HELP, runPkiClients } from './pki-clients';
 import { parseKeyRef } from './keyref';
 import type { keyless } from '../../gen/keyless';
 import { ERROR_NAMES, OPCODE_OF, connectCloudflare, skiFromFlag } from './cloudflare';
@@ -46,23 +49,27 @@ function protocolOf(value: string | undefined): 'keyless.v1' | 'cloudflare' {
 
 export const ping: Command = {
   summary: 'check that a server answers (round trip)',
-  help: `Usage: keylessctl ping [--count N] [--protocol keyless.v1|cloudflare]\n\n${PROTOCOL_HELP}\n${CONNECTION_HELP}`,
+  help: `Usage: keylessctl ping [--count N] [--protocol keyless.v1|cloudflare] [--json]\n\n  --json             one JSON object: server, protocol and each round trip in ms\n${PROTOCOL_HELP}\n${CONNECTION_HELP}`,
   async run(argv) {
-    const { values } = parse(argv, { ...CONNECTION_OPTIONS, count: { type: 'string', default: '1' }, protocol: { type: 'string' } });
+    const { values } = parse(argv, { ...CONNECTION_OPTIONS, count: { type: 'string', default: '1' }, protocol: { type: 'string' }, json: { type: 'boolean' } });
     const count = Number(values.count);
     if (!Number.isInteger(count) || count < 1) throw new UsageError(`--count must be a positive whole number, got ${values.count}`);
     const session = protocolOf(values.protocol) === 'cloudflare' ? await connectCloudflare(values) : await openSession(values);
+    const roundTrips: number[] = [];
     try {
       for (let i = 0; i < count; i++) {
         const started = process.hrtime.bigint();
         const payload = Buffer.from(`ping ${i}`);
         const echoed = await session.ping(payload);
-        if (!echoed.equals(payload)) throw new Error('the server echoed a different payload');
-        process.stdout.write(`pong from ${values.server ?? 'server'}: ${(Number(process.hrtime.bigint() - started) / 1e6).toFixed(3)} ms\n`);
+        if (!echoed.equals(payload)) throw new CheckFailedError('the server echoed a different payload');
+        const ms = Number(process.hrtime.bigint() - started) / 1e6;
+        roundTrips.push(Number(ms.toFixed(3)));
+        if (!values.json) process.stdout.write(`pong from ${values.server ?? 'server'}: ${ms.toFixed(3)} ms\n`);
       }
     } finally {
       await session.close();
     }
+    if (values.json) process.stdout.write(`${JSON.stringify({ server: values.server ?? null, protocol: protocolOf(values.protocol), round_trips_ms: roundTrips })}\n`);
   },
 };
 
@@ -99,9 +106,10 @@ function keyJson(key: keyless.v1.KeyInfo.$Properties) {
 
 export const key: Command = {
   summary: 'show one key (by name, SKI hex or SPKI SHA-256 hex), with its public key',
-  help: `Usage: keylessctl key KEY [--pem]\n\n  --pem   print only the public key, PEM\n\n${CONNECTION_HELP}`,
+  help: `Usage: keylessctl key KEY [--json | --pem]\n\n  --json  JSON (the default output)\n  --pem   print only the public key, PEM\n\n${CONNECTION_HELP}`,
   async run(argv) {
-    const { values, positionals } = parse(argv, { ...CONNECTION_OPTIONS, pem: { type: 'boolean' } });
+    const { values, positionals } = parse(argv, { ...CONNECTION_OPTIONS, pem: { type: 'boolean' }, json: { type: 'boolean' } });
+    if (values.pem && values.json) throw new UsageError('give --json or --pem, not both');
     const ref = parseKeyRef(required(positionals[0], 'KEY'));
     const session = await openSession(values);
     try {
@@ -153,7 +161,7 @@ ${CONNECTION_HELP}`,
       const client = await connectCloudflare(values);
       try {
         const answer = await client.request(OPCODE_OF[algorithm as SignatureAlgorithm], payload, [[Tag.ski, ski]]);
-        if (answer.opcode === Opcode.error) throw new UsageError(`server answered error 0x${(answer.payload[0] ?? 0).toString(16).padStart(2, '0')} (${ERROR_NAMES[answer.payload[0] ?? 0] ?? 'unknown'})`);
+        if (answer.opcode === Opcode.error) throw new CheckFailedError(`server answered error 0x${(answer.payload[0] ?? 0).toString(16).padStart(2, '0')} (${ERROR_NAMES[answer.payload[0] ?? 0] ?? 'unknown'})`);
         writeOutput(answer.payload, values.format!, values.out);
       } finally {
         client.close();
@@ -198,8 +206,9 @@ ${CONNECTION_HELP}`,
 };
 
 export const pki: Command = {
-  summary: 'create a CA, a server and a client certificate for a deployment (pki init DIR)',
+  summary: 'certificates: pki init DIR (CA, server, client), pki add-client NAME, pki revoke, pki crl',
   help: `Usage: keylessctl pki init DIR [options]
+${PKI_CLIENT_HELP}
 
 Writes ca.crt/ca.key, server.crt/server.key and client.crt/client.key (ECDSA P-256) into DIR.
 Refuses to replace an existing CA.
@@ -214,6 +223,7 @@ Refuses to replace an existing CA.
   --ca-days N            CA lifetime in days (default 3650)
   --days N               server and client certificate lifetime in days (default 397)`,
   async run(argv) {
+    if (argv[0] !== undefined && argv[0] !== 'init' && !argv[0].startsWith('-')) return runPkiClients(argv);
     const { values, positionals } = parse(argv, {
       'ca-name': { type: 'string', default: 'keylessd CA' },
       'server-name': { type: 'string' },
@@ -225,7 +235,7 @@ Refuses to replace an existing CA.
       'ca-days': { type: 'string', default: '3650' },
       days: { type: 'string', default: '397' },
     });
-    if (positionals[0] !== 'init') throw new UsageError('the only pki subcommand is `pki init DIR`');
+    if (positionals[0] !== 'init') throw new UsageError('pki subcommands: init DIR, add-client NAME, revoke CERT, crl');
     const dir = required(positionals[1], 'DIR');
     const days = (flag: string, text: string) => {
       const n = Number(text);
@@ -253,22 +263,24 @@ Refuses to replace an existing CA.
 
 export const config: Command = {
   summary: 'convert a gokeyless.yaml to keylessd.yaml (config convert FILE > keylessd.yaml)',
-  help: `Usage: keylessctl config convert GOKEYLESS_YAML > keylessd.yaml
+  help: `Usage: keylessctl config convert [--json] GOKEYLESS_YAML > keylessd.yaml
 
 Prints the keylessd configuration equivalent to a gokeyless.yaml on standard output and,
 on standard error, each gokeyless setting it does not carry over and why.
-keylessd --config gokeyless.yaml also works directly; converting lets you review and edit.`,
+keylessd --config gokeyless.yaml also works directly; converting lets you review and edit.
+--json prints {"config": …, "notes": [{"key", "why"}]} on standard output instead.`,
   async run(argv) {
-    const { positionals } = parse(argv, {});
+    const { positionals, values } = parse(argv, { json: { type: 'boolean' } });
     if (positionals[0] !== 'convert' || !positionals[1]) throw new UsageError('usage: keylessctl config convert GOKEYLESS_YAML');
     const file = positionals[1];
     let text: string;
     try {
       text = readFileSync(file, 'utf8');
     } catch (err) {
-      throw new UsageError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      throw new UsageError(`cannot read ${file}: ${describeFsError(err)}`);
     }
-    const { config, notes } = convertGokeylessConfig(parseYaml(text, file));
+    const { config, notes } = convertGokeylessConfig(parseYaml(text, file), dirname(resolve(file)));
+    if (values.json) return void process.stdout.write(`${JSON.stringify({ config, notes }, null, 2)}\n`);
     for (const note of notes) process.stderr.write(`${note.key}: ${note.why}\n`);
     process.stdout.write(`# converted from ${file} by keylessctl config convert\n${stringify(config)}`);
   },

@@ -3,6 +3,8 @@ import { join } from 'node:path';
 import { KeylessSession, type SessionOptions } from '../../client/session';
 import { pkiDir, stateDir } from '../../devstate';
 import { PKI_FILES } from '../../pki/init';
+import { describeFsError } from './io';
+import { WrongProtocolError } from './exit';
 
 export const CONNECTION_HELP = `Connection (flags, else environment, else the embedded default's state folder):
   --server URL       wss://host:port/v1 or host:port     ($KEYLESS_SERVER; default wss://127.0.0.1:2408/v1)
@@ -39,7 +41,7 @@ function readNamed(what: string, path: string): Buffer {
   try {
     return readFileSync(path);
   } catch (err) {
-    throw new UsageError(`cannot read the ${what} ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw new UsageError(`cannot read the ${what} ${path}: ${describeFsError(err)}`);
   }
 }
 
@@ -74,6 +76,17 @@ export function sessionOptions(flags: ConnectionFlags, env: NodeJS.ProcessEnv = 
   };
 }
 
+/** A connect error that shows the port speaks the Cloudflare protocol, explained; others unchanged. */
+export function explainV1ConnectError(err: unknown, url: string): unknown {
+  if (/Unexpected server response: 421/.test((err as Error)?.message ?? '')) {
+    return new WrongProtocolError(`${url} is a Cloudflare Keyless protocol port (the compatibility port), not keyless.v1: add --protocol cloudflare, or connect to the keyless.v1 port (2408 by default)`);
+  }
+  return err;
+}
+
 export function openSession(flags: ConnectionFlags, env: NodeJS.ProcessEnv = process.env): Promise<KeylessSession> {
-  return KeylessSession.connect(sessionOptions(flags, env));
+  const options = sessionOptions(flags, env);
+  return KeylessSession.connect(options).catch((err: unknown) => {
+    throw explainV1ConnectError(err, options.url);
+  });
 }

@@ -1,6 +1,22 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { UsageError } from './connection';
 
+const ERRNO_TEXT: Readonly<Record<string, string>> = {
+  ENOENT: 'no such file',
+  EACCES: 'permission denied',
+  EPERM: 'permission denied',
+  EISDIR: 'it is a directory',
+  ENOTDIR: 'a part of the path is not a directory',
+  ELOOP: 'a symbolic link loop',
+};
+
+/** `ENOENT (no such file)`: the code for searching, and what it means. */
+export function describeFsError(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (!code) return (err as Error).message;
+  return ERRNO_TEXT[code] ? `${code} (${ERRNO_TEXT[code]})` : code;
+}
+
 export function readInput(path: string | undefined, what: string): Buffer {
   if (path === undefined || path === '-') {
     if (process.stdin.isTTY) throw new UsageError(`give ${what} as a file, or pipe it to standard input`);
@@ -9,7 +25,7 @@ export function readInput(path: string | undefined, what: string): Buffer {
   try {
     return readFileSync(path);
   } catch (err) {
-    throw new UsageError(`cannot read ${what} ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw new UsageError(`cannot read ${what} file ${path}: ${describeFsError(err)}`);
   }
 }
 

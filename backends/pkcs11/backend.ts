@@ -46,7 +46,7 @@ const FIRST_BACKOFF_MS = 100;
 const MAX_BACKOFF_MS = 30_000;
 
 const trimmed = (text: string) => text.replace(/[\s\0]+$/, '');
-const ulong = (handle: pkcs11js.Handle) => Number(handle.readBigUInt64LE(0));
+const ulong = (handle: pkcs11js.Handle) => handle.readBigUInt64LE(0);
 
 /**
  * Keys on a PKCS#11 token. One session per operation from a pool; the hot path makes

@@ -4,7 +4,7 @@ import { parsePkcs11Uri } from './uri';
 
 /** A bad URI is a config error at load (and --check-config), not only when the backend opens. */
 function checkUri(uri: string, ctx: z.RefinementCtx): void {
-  if (!uri.startsWith('pkcs11:')) return; // reported by startsWith
+  if (!/^pkcs11:/i.test(uri)) return; // reported by the regex
   try {
     parsePkcs11Uri(uri);
   } catch (err) {
@@ -19,7 +19,7 @@ export const pkcs11BackendSchema = z
     name: z.string().min(1).default('hsm').describe('Name of this backend instance, shown in KeyInfo.backend and metrics.'),
     uri: z
       .string()
-      .startsWith('pkcs11:', { error: 'expected an RFC 7512 URI starting with "pkcs11:"' })
+      .regex(/^pkcs11:/i, { error: 'expected an RFC 7512 URI starting with "pkcs11:"' })
       .superRefine(checkUri)
       .describe(
         'RFC 7512 URI: module-path (or module-name), the token (token, serial, manufacturer, model or slot-id), optionally the keys (object label and/or id; none: every private key on the token), and pin-source=file:/path or |/command, or pin-value.',

@@ -79,7 +79,7 @@ export function validateConfig(raw: Record<string, unknown>, overrides: readonly
   applyOverrides(copy, overrides);
   const result = configSchema.safeParse(copy, { reportInput: true });
   if (!result.success) {
-    const lines = formatConfigIssues(result.error);
+    const lines = formatConfigIssues(result.error, '', copy);
     throw new ConfigError(lines[0]!.split(':')[0]!, lines.length === 1 ? lines[0]!.slice(lines[0]!.indexOf(':') + 2) : `\n  ${lines.join('\n  ')}`);
   }
   return resolvePaths(result.data, baseDir);

@@ -32,6 +32,12 @@ export const pkcs11BackendSchema = z
       .default(4)
       .describe('PKCS#11 sessions kept open on the token; each runs one operation at a time. Session-limited tokens (a YubiKey) want 1 or 2.'),
     max_queue: z.number().int().min(0).max(1_000_000).default(4096).describe('Requests that may wait for a free session; beyond it they answer OVERLOADED at once.'),
+    key_names: z
+      .record(z.string().min(1), z.string().min(1))
+      .default({})
+      .describe(
+        'Names to serve keys under instead of their labels: `LABEL: name`, or `"id:HEX": name` for the object with that CKA_ID (hex). Use it when two tokens (or two objects on one token) carry the same label.',
+      ),
     timeout_ms: z.number().int().min(1).max(600_000).default(5000).describe('Deadline for one operation; past it the request answers TIMEOUT and the session is reused only once the token returns.'),
   })
   .strict();

@@ -2,101 +2,126 @@ import { X509Certificate } from 'node:crypto';
 import * as pkcs11js from 'pkcs11js';
 import { describePublicKey, type PublicKeyInfo } from '../../src/crypto/keyid';
 import type { SkippedKey } from '../../src/keys/types';
-import { ckrCode } from './module';
+import { FIND_BATCH, type SharedModule } from './module';
 import { ecSpki, rsaSpki } from './public-key';
 import type { Pkcs11Uri } from './uri';
 
-const ABSENT = new Set([pkcs11js.CKR_ATTRIBUTE_TYPE_INVALID, pkcs11js.CKR_ATTRIBUTE_SENSITIVE]);
-
 /** A private key object found on the token, with its public half read from the token. */
 export interface FoundKey {
-  /** CKA_LABEL, else `id-<hex CKA_ID>`. */
+  /** CKA_LABEL, else `id-<hex CKA_ID>`; key_names in the config may rename it. */
   readonly name: string;
   readonly id: Buffer;
   readonly object: pkcs11js.Handle;
   readonly publicKey: PublicKeyInfo;
 }
 
+/** Up to this many keys needing their public object, one search each; beyond it one search for all. */
+const TARGETED_SEARCHES = 4;
+/** SPKIs built between two turns of the event loop. */
+const KEYS_PER_TURN = 50;
+
+const turn = () => new Promise((resolve) => setImmediate(resolve));
+const hex = (id: Buffer) => id.toString('hex');
+
+interface Candidate {
+  readonly object: pkcs11js.Handle;
+  readonly name: string;
+  readonly id: Buffer;
+  readonly keyType: number;
+  /** DER SPKI, or the attributes it is built from. */
+  rsa?: { modulus: Buffer; exponent: Buffer };
+  ec?: { params: Buffer; point: Buffer };
+  certificate?: Buffer;
+}
+
 /**
- * Reads objects through one logged-in session. Synchronous pkcs11js calls: this runs at
- * open() and during recovery, never per request.
+ * Reads the keys through one logged-in session. Every blocking call (C_FindObjects,
+ * C_GetAttributeValue) runs on the module's worker thread, in a few batches for the whole
+ * token rather than a search per key; the event loop only builds the public keys, a few
+ * dozen between two turns.
  */
 export class TokenObjects {
   constructor(
-    private readonly module: pkcs11js.PKCS11,
+    private readonly shared: SharedModule,
     private readonly session: pkcs11js.Handle,
+    private readonly batch = FIND_BATCH,
   ) {}
 
   /** The private keys the URI selects: by label and/or id, every one when it names neither. */
-  privateKeys(uri: Pkcs11Uri, where: string): { found: FoundKey[]; skipped: SkippedKey[] } {
+  async privateKeys(uri: Pkcs11Uri, where: string): Promise<{ found: FoundKey[]; skipped: SkippedKey[] }> {
     const vendor = Object.keys(uri.vendor);
     if (vendor.length > 0) return { found: [], skipped: [{ source: where, reason: `the URI's attributes ${vendor.join(', ')} are unknown to keylessd, so it matches no object` }] };
     if (uri.type !== undefined && uri.type !== 'private') return { found: [], skipped: [{ source: where, reason: `keylessd serves private keys; the URI names type=${uri.type}` }] };
     const template: pkcs11js.Template = [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY }];
     if (uri.object !== undefined) template.push({ type: pkcs11js.CKA_LABEL, value: uri.object });
     if (uri.id !== undefined) template.push({ type: pkcs11js.CKA_ID, value: uri.id });
+
+    const objects = await this.shared.find(this.session, template, this.batch);
+    const values = await this.shared.attributes(this.session, objects, [pkcs11js.CKA_LABEL, pkcs11js.CKA_ID, pkcs11js.CKA_KEY_TYPE, pkcs11js.CKA_MODULUS, pkcs11js.CKA_PUBLIC_EXPONENT]);
+    const candidates: Candidate[] = objects.map((object, i) => {
+      const [label, id = Buffer.alloc(0), keyType, modulus, exponent] = values[i]!.map((v) => v ?? undefined);
+      const candidate: Candidate = { object, id, name: label?.toString('utf8') || `id-${hex(id)}`, keyType: keyType ? Number(keyType.readBigUInt64LE(0)) : -1 };
+      if (candidate.keyType === pkcs11js.CKK_RSA && modulus && exponent) candidate.rsa = { modulus, exponent };
+      return candidate;
+    });
+
+    // The public half of keys whose private object does not give it: the public key object
+    // with the same CKA_ID, else the certificate with that CKA_ID.
+    await this.fillFrom(candidates, pkcs11js.CKO_PUBLIC_KEY, [pkcs11js.CKA_MODULUS, pkcs11js.CKA_PUBLIC_EXPONENT, pkcs11js.CKA_EC_PARAMS, pkcs11js.CKA_EC_POINT], (c, [modulus, exponent, params, point]) => {
+      if (params && point) c.ec = { params, point };
+      else if (modulus && exponent) c.rsa = { modulus, exponent };
+    });
+    await this.fillFrom(candidates, pkcs11js.CKO_CERTIFICATE, [pkcs11js.CKA_VALUE], (c, [der]) => {
+      if (der) c.certificate = der;
+    });
+
     const found: FoundKey[] = [];
     const skipped: SkippedKey[] = [];
-    for (const object of this.find(template)) {
-      const a = this.attributes(object, [pkcs11js.CKA_LABEL, pkcs11js.CKA_ID, pkcs11js.CKA_KEY_TYPE]);
-      const id = a.get(pkcs11js.CKA_ID) ?? Buffer.alloc(0);
-      const name = a.get(pkcs11js.CKA_LABEL)?.toString('utf8') || `id-${id.toString('hex')}`;
+    for (const [i, c] of candidates.entries()) {
+      if (i > 0 && i % KEYS_PER_TURN === 0) await turn();
       try {
-        const keyType = a.has(pkcs11js.CKA_KEY_TYPE) ? Number(a.get(pkcs11js.CKA_KEY_TYPE)!.readBigUInt64LE(0)) : -1;
-        found.push({ name, id, object, publicKey: describePublicKey(this.spkiOf(object, keyType, id)) });
+        found.push({ name: c.name, id: c.id, object: c.object, publicKey: describePublicKey(spkiOf(c)) });
       } catch (err) {
-        if (ckrCode(err) !== undefined) throw err; // the token failed, not this key
-        skipped.push({ source: `${where};object=${name}`, reason: (err as Error).message });
+        skipped.push({ source: `${where};object=${c.name}`, reason: (err as Error).message });
       }
     }
     if (found.length === 0 && skipped.length === 0) skipped.push({ source: where, reason: 'no private key on the token matches the URI' });
     return { found, skipped };
   }
 
-  /**
-   * The DER SPKI of a private key: RSA from the private object's own modulus and exponent;
-   * otherwise (EC, Ed25519, or an RSA object that hides them) from the public key object,
-   * else the certificate, with the same CKA_ID.
-   */
-  private spkiOf(object: pkcs11js.Handle, keyType: number, id: Buffer): Buffer {
-    if (keyType === pkcs11js.CKK_RSA) {
-      const a = this.attributes(object, [pkcs11js.CKA_MODULUS, pkcs11js.CKA_PUBLIC_EXPONENT]);
-      if (a.has(pkcs11js.CKA_MODULUS) && a.has(pkcs11js.CKA_PUBLIC_EXPONENT)) return rsaSpki(a.get(pkcs11js.CKA_MODULUS)!, a.get(pkcs11js.CKA_PUBLIC_EXPONENT)!);
-    }
-    const [publicKey] = this.find([{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY }, { type: pkcs11js.CKA_ID, value: id }]);
-    if (publicKey) {
-      const a = this.attributes(publicKey, [pkcs11js.CKA_MODULUS, pkcs11js.CKA_PUBLIC_EXPONENT, pkcs11js.CKA_EC_PARAMS, pkcs11js.CKA_EC_POINT]);
-      if (a.has(pkcs11js.CKA_EC_PARAMS) && a.has(pkcs11js.CKA_EC_POINT)) return ecSpki(a.get(pkcs11js.CKA_EC_PARAMS)!, a.get(pkcs11js.CKA_EC_POINT)!);
-      if (a.has(pkcs11js.CKA_MODULUS) && a.has(pkcs11js.CKA_PUBLIC_EXPONENT)) return rsaSpki(a.get(pkcs11js.CKA_MODULUS)!, a.get(pkcs11js.CKA_PUBLIC_EXPONENT)!);
-    }
-    const [certificate] = this.find([{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_CERTIFICATE }, { type: pkcs11js.CKA_ID, value: id }]);
-    const der = certificate && this.attributes(certificate, [pkcs11js.CKA_VALUE]).get(pkcs11js.CKA_VALUE);
-    if (der) return new X509Certificate(der).publicKey.export({ format: 'der', type: 'spki' });
-    throw new Error('its public half is not on the token (no public key or certificate object with the same CKA_ID)');
-  }
-
-  private find(template: pkcs11js.Template): pkcs11js.Handle[] {
-    this.module.C_FindObjectsInit(this.session, template);
-    try {
-      return this.module.C_FindObjects(this.session, 10_000);
-    } finally {
-      this.module.C_FindObjectsFinal(this.session);
-    }
-  }
-
-  /** One attribute per call: a token refuses the whole template when one attribute is absent or sensitive. */
-  private attributes(object: pkcs11js.Handle, types: number[]): Map<number, Buffer> {
-    const result = new Map<number, Buffer>();
-    for (const type of types) {
-      try {
-        const [attribute] = this.module.C_GetAttributeValue(this.session, object, [{ type }]);
-        if (Buffer.isBuffer(attribute?.value) && attribute.value.length > 0) result.set(type, attribute.value);
-      } catch (err) {
-        // Absent or sensitive: the caller decides whether it needed it. Anything else (the
-        // session went away) must reach recovery, not pass for a missing attribute.
-        if (!ABSENT.has(ckrCode(err)!)) throw err;
+  /** Reads `types` of the objects of `objectClass` sharing a CKA_ID with a candidate still lacking its public half. */
+  private async fillFrom(candidates: Candidate[], objectClass: number, types: number[], fill: (c: Candidate, values: Array<Buffer | undefined>) => void): Promise<void> {
+    const missing = candidates.filter((c) => !c.rsa && !c.ec && !c.certificate);
+    if (missing.length === 0) return;
+    const byId = new Map<string, Array<Buffer | undefined>>();
+    if (missing.length <= TARGETED_SEARCHES) {
+      for (const c of missing) {
+        const [object] = await this.shared.find(this.session, [{ type: pkcs11js.CKA_CLASS, value: objectClass }, { type: pkcs11js.CKA_ID, value: c.id }], this.batch);
+        if (object) byId.set(hex(c.id), (await this.shared.attributes(this.session, [object], types))[0]!.map((v) => v ?? undefined));
+      }
+    } else {
+      const objects = await this.shared.find(this.session, [{ type: pkcs11js.CKA_CLASS, value: objectClass }], this.batch);
+      const values = await this.shared.attributes(this.session, objects, [pkcs11js.CKA_ID, ...types]);
+      for (const [id, ...rest] of values) {
+        const key = id ? hex(id) : '';
+        if (!byId.has(key)) byId.set(key, rest.map((v) => v ?? undefined));
       }
     }
-    return result;
+    for (const c of missing) {
+      const values = byId.get(hex(c.id));
+      if (values) fill(c, values);
+    }
   }
+}
+
+/**
+ * The DER SPKI of a private key: RSA from the private object's own modulus and exponent;
+ * otherwise (EC, Ed25519, or an RSA object that hides them) from the public key object,
+ * else the certificate, with the same CKA_ID.
+ */
+function spkiOf(c: Candidate): Buffer {
+  if (c.ec) return ecSpki(c.ec.params, c.ec.point);
+  if (c.rsa) return rsaSpki(c.rsa.modulus, c.rsa.exponent);
+  if (c.certificate) return new X509Certificate(c.certificate).publicKey.export({ format: 'der', type: 'spki' });
+  throw new Error('its public half is not on the token (no public key or certificate object with the same CKA_ID)');
 }

@@ -271,13 +271,17 @@ export class Pkcs11Backend implements Backend, ModuleUser {
     const u = this.uri;
     const present: string[] = [];
     const broken: string[] = [];
+    const readable: Array<{ slot: pkcs11js.Handle; token: pkcs11js.TokenInfo; info: pkcs11js.SlotInfo }> = [];
     for (const { slot, token, info, error } of await this.shared!.slots()) {
-      if (error || !token || !info) {
-        const reason = ckrName(error);
-        broken.push(`slot ${ulong(slot)} (${reason})`);
-        this.logger.warn({ backend: this.name, slot: ulong(slot).toString(), reason }, `backend ${this.name}: skipping slot ${ulong(slot)}: reading its token failed with ${reason}`);
+      if (token && info && !error) {
+        readable.push({ slot, token, info });
         continue;
       }
+      const reason = ckrName(error);
+      broken.push(`slot ${ulong(slot)} (${reason})`);
+      this.logger.warn({ backend: this.name, slot: ulong(slot).toString(), reason }, `backend ${this.name}: skipping slot ${ulong(slot)}: reading its token failed with ${reason}`);
+    }
+    for (const { slot, token, info } of readable) {
       if (!(token.flags & pkcs11js.CKF_TOKEN_INITIALIZED)) continue;
       present.push(trimmed(token.label));
       if (u.token !== undefined && trimmed(token.label) !== u.token) continue;
@@ -330,14 +334,15 @@ export class Pkcs11Backend implements Backend, ModuleUser {
 
   /**
    * Applies key_names (by CKA_ID, then by label) and refuses a second object under a name
-   * already taken on this token, naming both objects.
+   * already taken on this token, naming both objects. Objects are taken in the order of
+   * their CKA_ID, so the same one wins at every reload whatever order the token lists them in.
    */
   private named({ found, skipped }: { found: FoundKey[]; skipped: SkippedKey[] }): { found: FoundKey[]; skipped: SkippedKey[] } {
     const names = this.config.key_names;
     const byName = new Map<string, FoundKey>();
     const kept: FoundKey[] = [];
     const clashes: SkippedKey[] = [];
-    for (const key of found) {
+    for (const key of [...found].sort((a, b) => Buffer.compare(a.id, b.id))) {
       const name = names[`id:${hexId(key.id)}`] ?? names[key.name] ?? key.name;
       const renamed = name === key.name ? key : { ...key, name };
       const first = byName.get(name);

@@ -45,6 +45,7 @@ export class TokenObjects {
     private readonly shared: SharedModule,
     private readonly session: pkcs11js.Handle,
     private readonly batch = FIND_BATCH,
+    private readonly targetedSearches = TARGETED_SEARCHES,
   ) {}
 
   /** The private keys the URI selects: by label and/or id, every one when it names neither. */
@@ -94,7 +95,7 @@ export class TokenObjects {
     const missing = candidates.filter((c) => !c.rsa && !c.ec && !c.certificate);
     if (missing.length === 0) return;
     const byId = new Map<string, Array<Buffer | undefined>>();
-    if (missing.length <= TARGETED_SEARCHES) {
+    if (missing.length <= this.targetedSearches) {
       for (const c of missing) {
         const [object] = await this.shared.find(this.session, [{ type: pkcs11js.CKA_CLASS, value: objectClass }, { type: pkcs11js.CKA_ID, value: c.id }], this.batch);
         if (object) byId.set(hex(c.id), (await this.shared.attributes(this.session, [object], types))[0]!.map((v) => v ?? undefined));

@@ -75,9 +75,13 @@ const ops = {
       m.C_FindObjectsFinal(session);
     }
   },
-  /** attributes[object][type]: one C_GetAttributeValue per attribute, null where absent or sensitive. */
+  /**
+   * attributes[object][type], null where absent or sensitive: the whole template in one
+   * C_GetAttributeValue, else (a token refuses the whole template when one attribute is
+   * absent or sensitive) one call per attribute.
+   */
   attributes(session, objects, types) {
-    return objects.map((object) => types.map((type) => {
+    const one = (object, type) => {
       try {
         const [a] = m.C_GetAttributeValue(session, object, [{ type }]);
         return Buffer.isBuffer(a && a.value) && a.value.length > 0 ? a.value : null;
@@ -85,7 +89,16 @@ const ops = {
         if (ABSENT.has(err.code)) return null;
         throw err;
       }
-    }));
+    };
+    return objects.map((object) => {
+      try {
+        return m.C_GetAttributeValue(session, object, types.map((type) => ({ type })))
+          .map((a) => (Buffer.isBuffer(a.value) && a.value.length > 0 ? a.value : null));
+      } catch (err) {
+        if (!ABSENT.has(err.code)) throw err;
+        return types.map((type) => one(object, type));
+      }
+    });
   },
   /** Every slot with its token and slot info, or the error reading them. */
   slots() {

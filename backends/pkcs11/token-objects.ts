@@ -17,8 +17,8 @@ export interface FoundKey {
 
 /** Up to this many keys needing their public object, one search each; beyond it one search for all. */
 const TARGETED_SEARCHES = 4;
-/** SPKIs built between two turns of the event loop. */
-const KEYS_PER_TURN = 50;
+/** How long building public keys may hold the event loop before it yields a turn. */
+const SLICE_MS = 5;
 
 const turn = () => new Promise((resolve) => setImmediate(resolve));
 const hex = (id: Buffer) => id.toString('hex');
@@ -58,28 +58,38 @@ export class TokenObjects {
     if (uri.id !== undefined) template.push({ type: pkcs11js.CKA_ID, value: uri.id });
 
     const objects = await this.shared.find(this.session, template, this.batch);
-    const values = await this.shared.attributes(this.session, objects, [pkcs11js.CKA_LABEL, pkcs11js.CKA_ID, pkcs11js.CKA_KEY_TYPE, pkcs11js.CKA_MODULUS, pkcs11js.CKA_PUBLIC_EXPONENT]);
+    const values = await this.shared.attributes(this.session, objects, [pkcs11js.CKA_LABEL, pkcs11js.CKA_ID, pkcs11js.CKA_KEY_TYPE]);
     const candidates: Candidate[] = objects.map((object, i) => {
-      const [label, id = Buffer.alloc(0), keyType, modulus, exponent] = values[i]!.map((v) => v ?? undefined);
-      const candidate: Candidate = { object, id, name: label?.toString('utf8') || `id-${hex(id)}`, keyType: keyType ? Number(keyType.readBigUInt64LE(0)) : -1 };
-      if (candidate.keyType === pkcs11js.CKK_RSA && modulus && exponent) candidate.rsa = { modulus, exponent };
-      return candidate;
+      const [label, id = Buffer.alloc(0), keyType] = values[i]!.map((v) => v ?? undefined);
+      return { object, id, name: label?.toString('utf8') || `id-${hex(id)}`, keyType: keyType ? Number(keyType.readBigUInt64LE(0)) : -1 };
+    });
+    // RSA: the modulus and exponent from the private object itself, where the token shows them.
+    const rsa = candidates.filter((c) => c.keyType === pkcs11js.CKK_RSA);
+    const rsaValues = await this.shared.attributes(this.session, rsa.map((c) => c.object), [pkcs11js.CKA_MODULUS, pkcs11js.CKA_PUBLIC_EXPONENT]);
+    rsa.forEach((c, i) => {
+      const [modulus, exponent] = rsaValues[i]!;
+      if (modulus && exponent) c.rsa = { modulus, exponent };
     });
 
     // The public half of keys whose private object does not give it: the public key object
     // with the same CKA_ID, else the certificate with that CKA_ID.
-    await this.fillFrom(candidates, pkcs11js.CKO_PUBLIC_KEY, [pkcs11js.CKA_MODULUS, pkcs11js.CKA_PUBLIC_EXPONENT, pkcs11js.CKA_EC_PARAMS, pkcs11js.CKA_EC_POINT], (c, [modulus, exponent, params, point]) => {
-      if (params && point) c.ec = { params, point };
-      else if (modulus && exponent) c.rsa = { modulus, exponent };
+    await this.fillFrom(candidates, pkcs11js.CKO_PUBLIC_KEY, (c) => (c.keyType === pkcs11js.CKK_RSA ? [pkcs11js.CKA_MODULUS, pkcs11js.CKA_PUBLIC_EXPONENT] : [pkcs11js.CKA_EC_PARAMS, pkcs11js.CKA_EC_POINT]), (c, [a, b]) => {
+      if (!a || !b) return;
+      if (c.keyType === pkcs11js.CKK_RSA) c.rsa = { modulus: a, exponent: b };
+      else c.ec = { params: a, point: b };
     });
-    await this.fillFrom(candidates, pkcs11js.CKO_CERTIFICATE, [pkcs11js.CKA_VALUE], (c, [der]) => {
+    await this.fillFrom(candidates, pkcs11js.CKO_CERTIFICATE, () => [pkcs11js.CKA_VALUE], (c, [der]) => {
       if (der) c.certificate = der;
     });
 
     const found: FoundKey[] = [];
     const skipped: SkippedKey[] = [];
-    for (const [i, c] of candidates.entries()) {
-      if (i > 0 && i % KEYS_PER_TURN === 0) await turn();
+    let sliceStart = Date.now();
+    for (const c of candidates) {
+      if (Date.now() - sliceStart >= SLICE_MS) {
+        await turn();
+        sliceStart = Date.now();
+      }
       try {
         found.push({ name: c.name, id: c.id, object: c.object, publicKey: describePublicKey(spkiOf(c)) });
       } catch (err) {
@@ -90,27 +100,41 @@ export class TokenObjects {
     return { found, skipped };
   }
 
-  /** Reads `types` of the objects of `objectClass` sharing a CKA_ID with a candidate still lacking its public half. */
-  private async fillFrom(candidates: Candidate[], objectClass: number, types: number[], fill: (c: Candidate, values: Array<Buffer | undefined>) => void): Promise<void> {
+  /**
+   * Reads `typesOf(candidate)` of the object of `objectClass` with the candidate's CKA_ID,
+   * for each candidate still lacking its public half: a search per key for a few, else one
+   * search for every object of the class.
+   */
+  private async fillFrom(candidates: Candidate[], objectClass: number, typesOf: (c: Candidate) => number[], fill: (c: Candidate, values: Array<Buffer | null>) => void): Promise<void> {
     const missing = candidates.filter((c) => !c.rsa && !c.ec && !c.certificate);
     if (missing.length === 0) return;
-    const byId = new Map<string, Array<Buffer | undefined>>();
+    const objectOf = new Map<string, pkcs11js.Handle>();
     if (missing.length <= this.targetedSearches) {
       for (const c of missing) {
         const [object] = await this.shared.find(this.session, [{ type: pkcs11js.CKA_CLASS, value: objectClass }, { type: pkcs11js.CKA_ID, value: c.id }], this.batch);
-        if (object) byId.set(hex(c.id), (await this.shared.attributes(this.session, [object], types))[0]!.map((v) => v ?? undefined));
+        if (object) objectOf.set(hex(c.id), object);
       }
     } else {
       const objects = await this.shared.find(this.session, [{ type: pkcs11js.CKA_CLASS, value: objectClass }], this.batch);
-      const values = await this.shared.attributes(this.session, objects, [pkcs11js.CKA_ID, ...types]);
-      for (const [id, ...rest] of values) {
-        const key = id ? hex(id) : '';
-        if (!byId.has(key)) byId.set(key, rest.map((v) => v ?? undefined));
-      }
+      const ids = await this.shared.attributes(this.session, objects, [pkcs11js.CKA_ID]);
+      objects.forEach((object, i) => {
+        const key = ids[i]![0] ? hex(ids[i]![0]!) : '';
+        if (!objectOf.has(key)) objectOf.set(key, object);
+      });
     }
+    // One batch per set of attributes (RSA, EC): a token answers a whole template at once.
+    const groups = new Map<string, Array<{ c: Candidate; object: pkcs11js.Handle }>>();
     for (const c of missing) {
-      const values = byId.get(hex(c.id));
-      if (values) fill(c, values);
+      const object = objectOf.get(hex(c.id));
+      if (!object) continue;
+      const types = typesOf(c).join(',');
+      const group = groups.get(types);
+      if (group) group.push({ c, object });
+      else groups.set(types, [{ c, object }]);
+    }
+    for (const [types, members] of groups) {
+      const values = await this.shared.attributes(this.session, members.map((m) => m.object), types.split(',').map(Number));
+      members.forEach(({ c }, i) => fill(c, values[i]!));
     }
   }
 }

@@ -22,7 +22,7 @@ export const pkcs11BackendSchema = z
       .regex(/^pkcs11:/i, { error: 'expected an RFC 7512 URI starting with "pkcs11:"' })
       .superRefine(checkUri)
       .describe(
-        'RFC 7512 URI: module-path (or module-name), the token (token, serial, manufacturer, model or slot-id), optionally the keys (object label and/or id; none: every private key on the token), and pin-source=file:/path or |/command, or pin-value.',
+        'RFC 7512 URI (the scheme in any case): module-path (or module-name), the token (token, serial, manufacturer, model or slot-id), optionally the keys (object label and/or id; none: every private key on the token), and pin-source=file:/path or |/command, or pin-value.',
       ),
     pool_size: z
       .number()

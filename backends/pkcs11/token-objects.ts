@@ -103,38 +103,42 @@ export class TokenObjects {
   /**
    * Reads `typesOf(candidate)` of the object of `objectClass` with the candidate's CKA_ID,
    * for each candidate still lacking its public half: a search per key for a few, else one
-   * search for every object of the class.
+   * search per key type for every object of the class, reading the id and the attributes
+   * in one template per object.
    */
   private async fillFrom(candidates: Candidate[], objectClass: number, typesOf: (c: Candidate) => number[], fill: (c: Candidate, values: Array<Buffer | null>) => void): Promise<void> {
     const missing = candidates.filter((c) => !c.rsa && !c.ec && !c.certificate);
     if (missing.length === 0) return;
-    const objectOf = new Map<string, pkcs11js.Handle>();
     if (missing.length <= this.targetedSearches) {
       for (const c of missing) {
         const [object] = await this.shared.find(this.session, [{ type: pkcs11js.CKA_CLASS, value: objectClass }, { type: pkcs11js.CKA_ID, value: c.id }], this.batch);
-        if (object) objectOf.set(hex(c.id), object);
+        if (object) fill(c, (await this.shared.attributes(this.session, [object], typesOf(c)))[0]!);
       }
-    } else {
-      const objects = await this.shared.find(this.session, [{ type: pkcs11js.CKA_CLASS, value: objectClass }], this.batch);
-      const ids = await this.shared.attributes(this.session, objects, [pkcs11js.CKA_ID]);
-      objects.forEach((object, i) => {
-        const key = ids[i]![0] ? hex(ids[i]![0]!) : '';
-        if (!objectOf.has(key)) objectOf.set(key, object);
-      });
+      return;
     }
-    // One batch per set of attributes (RSA, EC): a token answers a whole template at once.
-    const groups = new Map<string, Array<{ c: Candidate; object: pkcs11js.Handle }>>();
+    // Certificates have no key type: one group. Public keys: one search per key type, so
+    // that every object of a search has the attributes asked for.
+    const groups = new Map<number, Candidate[]>();
     for (const c of missing) {
-      const object = objectOf.get(hex(c.id));
-      if (!object) continue;
-      const types = typesOf(c).join(',');
-      const group = groups.get(types);
-      if (group) group.push({ c, object });
-      else groups.set(types, [{ c, object }]);
+      const key = objectClass === pkcs11js.CKO_CERTIFICATE || c.keyType < 0 ? -1 : c.keyType;
+      const group = groups.get(key);
+      if (group) group.push(c);
+      else groups.set(key, [c]);
     }
-    for (const [types, members] of groups) {
-      const values = await this.shared.attributes(this.session, members.map((m) => m.object), types.split(',').map(Number));
-      members.forEach(({ c }, i) => fill(c, values[i]!));
+    for (const [keyType, members] of groups) {
+      const template: pkcs11js.Template = [{ type: pkcs11js.CKA_CLASS, value: objectClass }];
+      if (keyType !== -1) template.push({ type: pkcs11js.CKA_KEY_TYPE, value: keyType });
+      const objects = await this.shared.find(this.session, template, this.batch);
+      const values = await this.shared.attributes(this.session, objects, [pkcs11js.CKA_ID, ...typesOf(members[0]!)]);
+      const byId = new Map<string, Array<Buffer | null>>();
+      for (const [id, ...rest] of values) {
+        const key = id ? hex(id) : '';
+        if (!byId.has(key)) byId.set(key, rest);
+      }
+      for (const c of members) {
+        const found = byId.get(hex(c.id));
+        if (found) fill(c, found);
+      }
     }
   }
 }

@@ -57,6 +57,20 @@ const pkcs11js = require(workerData.pkcs11js);
 const m = new pkcs11js.PKCS11();
 m.load(workerData.path);
 const ABSENT = new Set([pkcs11js.CKR_ATTRIBUTE_TYPE_INVALID, pkcs11js.CKR_ATTRIBUTE_SENSITIVE]);
+/**
+ * Many small Buffers cost the receiving thread an ArrayBuffer each (and the garbage
+ * collector a backing store each): a list of them travels as one buffer and the lengths,
+ * -1 for null, and the receiver takes views of it.
+ */
+const pack = (list) => {
+  const lengths = new Int32Array(list.length);
+  let total = 0;
+  list.forEach((b, i) => { lengths[i] = b ? b.length : -1; total += b ? b.length : 0; });
+  const data = new Uint8Array(total);
+  let at = 0;
+  for (const b of list) if (b) { data.set(b, at); at += b.length; }
+  return { packed: true, data, lengths };
+};
 const toBuffers = (v) => v instanceof Uint8Array ? Buffer.from(v.buffer, v.byteOffset, v.byteLength)
   : Array.isArray(v) ? v.map(toBuffers)
   : v && typeof v === 'object' ? Object.fromEntries(Object.entries(v).map(([k, x]) => [k, toBuffers(x)])) : v;
@@ -69,7 +83,7 @@ const ops = {
       for (;;) {
         const got = m.C_FindObjects(session, batch);
         for (const h of got) all.push(h);
-        if (got.length < batch) return all;
+        if (got.length < batch) return pack(all);
       }
     } finally {
       m.C_FindObjectsFinal(session);
@@ -90,7 +104,7 @@ const ops = {
         throw err;
       }
     };
-    return objects.map((object) => {
+    return pack(objects.flatMap((object) => {
       try {
         return m.C_GetAttributeValue(session, object, types.map((type) => ({ type })))
           .map((a) => (Buffer.isBuffer(a.value) && a.value.length > 0 ? a.value : null));
@@ -98,7 +112,7 @@ const ops = {
         if (!ABSENT.has(err.code)) throw err;
         return types.map((type) => one(object, type));
       }
-    });
+    }));
   },
   /** Every slot with its token and slot info, or the error reading them. */
   slots() {
@@ -119,12 +133,25 @@ const ops = {
 };
 parentPort.on('message', ({ id, op, args }) => {
   try {
-    parentPort.postMessage({ id, result: ops[op](...toBuffers(args)) });
+    const result = ops[op](...toBuffers(args));
+    parentPort.postMessage({ id, result }, result && result.packed ? [result.data.buffer] : []);
   } catch (err) {
     parentPort.postMessage({ id, error: { message: err.message, code: err.code } });
   }
 });
 `;
+
+/** A packed list from the worker, as Buffer views of its one ArrayBuffer. */
+function unpack({ data, lengths }: { data: Uint8Array; lengths: Int32Array }): Array<Buffer | null> {
+  const out: Array<Buffer | null> = new Array(lengths.length);
+  let at = 0;
+  for (let i = 0; i < lengths.length; i++) {
+    const length = lengths[i]!;
+    out[i] = length < 0 ? null : Buffer.from(data.buffer, data.byteOffset + at, length);
+    at += Math.max(length, 0);
+  }
+  return out;
+}
 
 /** Structured clone turns Buffers into Uint8Arrays: back to Buffers, deeply. */
 function toBuffers(value: unknown): unknown {
@@ -175,13 +202,15 @@ export class SharedModule {
   }
 
   /** Every object matching `template`, however many: the worker pages through them. */
-  find(session: pkcs11js.Handle, template: pkcs11js.Template, batch = FIND_BATCH): Promise<pkcs11js.Handle[]> {
-    return this.call('find', session, template, batch);
+  async find(session: pkcs11js.Handle, template: pkcs11js.Template, batch = FIND_BATCH): Promise<pkcs11js.Handle[]> {
+    return unpack(await this.call('find', session, template, batch)) as pkcs11js.Handle[];
   }
 
   /** values[object][type], null where absent or sensitive; any other error rejects. */
-  attributes(session: pkcs11js.Handle, objects: pkcs11js.Handle[], types: number[]): Promise<Array<Array<Buffer | null>>> {
-    return this.call('attributes', session, objects, types);
+  async attributes(session: pkcs11js.Handle, objects: pkcs11js.Handle[], types: number[]): Promise<Array<Array<Buffer | null>>> {
+    if (objects.length === 0) return [];
+    const flat = unpack(await this.call('attributes', session, objects, types));
+    return objects.map((_, i) => flat.slice(i * types.length, (i + 1) * types.length));
   }
 
   slots(): Promise<SlotEntry[]> {
@@ -198,7 +227,7 @@ export class SharedModule {
       if (this.pending.size === 0) worker.unref();
       if (!waiter) return;
       if (error) waiter.reject(Object.assign(new Error(error.message), { code: error.code }));
-      else waiter.resolve(toBuffers(result));
+      else waiter.resolve((result as { packed?: boolean } | undefined)?.packed ? result : toBuffers(result));
     });
     const lost = (err: Error) => {
       this.worker = undefined;

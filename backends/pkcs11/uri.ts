@@ -59,6 +59,7 @@ const TEXT_ATTRIBUTES: Readonly<Record<string, keyof Pkcs11Uri>> = {
 };
 
 const TYPES = new Set(['public', 'private', 'cert', 'secret-key', 'data']);
+const QUERY_ATTRIBUTES = new Set(['pin-source', 'pin-value', 'module-name', 'module-path']);
 
 // RFC 7512 §2.3: what a value may hold unencoded, besides pk11-pct-encoded.
 const UNRESERVED = 'A-Za-z0-9\\-._~';
@@ -147,6 +148,7 @@ export function parsePkcs11Uri(uri: string): Pkcs11Uri {
     checkChars(item.slice(0, eq), at, NAME_CHAR, 'the path', 'an attribute name');
     const name = item.slice(0, eq).toLowerCase();
     const value = item.slice(eq + 1);
+    if (QUERY_ATTRIBUTES.has(name)) fail(name, 'is a query attribute: put it after "?" (pkcs11:token=...?' + name + '=...)');
     checkChars(value, at + eq + 1, PCHAR, name, 'a path attribute value');
     if (seen.has(name)) fail(name, 'appears twice');
     seen.add(name);
@@ -181,7 +183,8 @@ export function parsePkcs11Uri(uri: string): Pkcs11Uri {
     const at = offset;
     offset += item.length + 1;
     const eq = item.indexOf('=');
-    if (eq <= 0) fail(item.startsWith('pin-value') ? 'pin-value' : item || '(empty)', 'query attributes are name=value pairs separated by "&"');
+    // The item itself is not quoted: it may be a PIN typed without its name.
+    if (eq <= 0) fail('the query', `the item at position ${at + 1} is not a name=value pair (query attributes are separated by "&")`);
     checkChars(item.slice(0, eq), at, NAME_CHAR, 'the query', 'an attribute name');
     const name = item.slice(0, eq).toLowerCase();
     checkChars(item.slice(eq + 1), at + eq + 1, QCHAR, name, 'a query attribute value');

@@ -90,6 +90,9 @@ test.each([
   ['pkcs11:object=k?module-path=/opt/my lib.so', 'pkcs11 URI attribute module-path: U+0020 at position 36 is not allowed unencoded in a query attribute value (RFC 7512 §2.3); write %20'],
   ['pkcs11:x.vendor=1', 'pkcs11 URI attribute the path: "." at position 9 is not allowed unencoded in an attribute name (RFC 7512 §2.3); write %2E'],
   ['pkcs11:object=k?x vendor=1', 'pkcs11 URI attribute the query: U+0020 at position 18 is not allowed unencoded in an attribute name (RFC 7512 §2.3); write %20'],
+  ['pkcs11:object=k?s3cret', 'pkcs11 URI attribute the query: the item at position 17 is not a name=value pair (query attributes are separated by "&")'],
+  ['pkcs11:token=a;module-path=/x.so', 'pkcs11 URI attribute module-path: is a query attribute: put it after "?" (pkcs11:token=...?module-path=...)'],
+  ['pkcs11:token=a;pin-value=1234', 'pkcs11 URI attribute pin-value: is a query attribute: put it after "?" (pkcs11:token=...?pin-value=...)'],
   ['pkcs11:object=k?module-name=/usr/lib/libx.so', 'pkcs11 URI attribute module-name: is a module\'s name without path, "lib" prefix or suffix (module-name=softhsm2 for libsofthsm2.so), got "/usr/lib/libx.so"'],
   ['pkcs11:token=a;=b', 'pkcs11 URI attribute =b: path attributes are name=value pairs separated by ";"'],
 ])('%s is refused, naming the attribute', (uri, message) => {

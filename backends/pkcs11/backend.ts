@@ -404,7 +404,7 @@ export class Pkcs11Backend implements Backend, ModuleUser {
     if (this.closed || !this.shared || this.recovering) return;
     this.recovering = true;
     try {
-      let generation = this.shared.generation;
+      const generation = this.shared.generation;
       try {
         await this.reconnect();
       } catch (err) {
@@ -412,7 +412,6 @@ export class Pkcs11Backend implements Backend, ModuleUser {
         const reason = describe(err);
         this.logger.warn({ backend: this.name, reason }, `backend ${this.name}: ${reason}; finalizing and initializing the PKCS#11 module ${this.shared.path} again`);
         await this.shared.reinitialize(`backend ${this.name} lost its token (${reason})`, generation);
-        generation = this.shared.generation;
         await this.reconnect();
       }
       this.up = true;
@@ -433,8 +432,10 @@ export class Pkcs11Backend implements Backend, ModuleUser {
     const { found } = await this.connect();
     await this.shared!.settled();
     if (this.shared!.generation !== generation) throw new BackendUnavailableError('the module was initialized again while reconnecting');
+    const byName = new Map(found.map((k) => [k.name, k]));
     for (const key of this.keys) {
-      const again = found.find((k) => k.name === key.name && k.id.equals(key.id) && k.publicKey.ski.equals(key.publicKey.ski));
+      const candidate = byName.get(key.name);
+      const again = candidate && candidate.id.equals(key.id) && candidate.publicKey.ski.equals(key.publicKey.ski) ? candidate : undefined;
       if (!again) this.logger.warn({ backend: this.name, key: key.name }, `key ${key.name} is no longer on the token; it answers KEY_NOT_FOUND until a reload`);
       key.object = again?.object;
     }

@@ -1,10 +1,10 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import * as pkcs11js from 'pkcs11js';
 import { BackendUnavailableError, ConfigError, CryptoFailureError, KeyNotFoundError, KeylessError, TimeoutError, UnsupportedError } from '../../src/errors';
 import type { Backend, SkippedKey } from '../../src/keys/types';
 import type { Logger } from '../../src/log';
 import { Pkcs11Key } from './key';
-import { ckrCode, ckrName, initialize, loadModule } from './module';
+import { ckrCode, ckrName, sharedModule, type ModuleUser, type SharedModule } from './module';
 import { resolvePin } from './pin';
 import type { Pkcs11BackendConfig } from './schema';
 import { SessionPool } from './session-pool';
@@ -40,13 +40,52 @@ const UNSUPPORTED = new Set([
   pkcs11js.CKR_KEY_TYPE_INCONSISTENT,
   pkcs11js.CKR_KEY_FUNCTION_NOT_PERMITTED,
 ]);
+/**
+ * Failures that mean the token (not only our sessions) is gone: after one, recovery also
+ * tries C_Finalize + C_Initialize, which is how SoftHSM (and other modules that read their
+ * tokens at C_Initialize) sees a token that was put back.
+ */
+const TOKEN_GONE = new Set([
+  pkcs11js.CKR_TOKEN_NOT_PRESENT,
+  pkcs11js.CKR_TOKEN_NOT_RECOGNIZED,
+  pkcs11js.CKR_DEVICE_REMOVED,
+  pkcs11js.CKR_DEVICE_ERROR,
+  pkcs11js.CKR_SLOT_ID_INVALID,
+  pkcs11js.CKR_GENERAL_ERROR,
+  pkcs11js.CKR_CRYPTOKI_NOT_INITIALIZED,
+]);
 /** Where module-name=NAME is looked for. */
 const MODULE_DIRS = ['/usr/lib/x86_64-linux-gnu', '/usr/lib/x86_64-linux-gnu/pkcs11', '/usr/lib', '/usr/lib/pkcs11', '/usr/local/lib', '/usr/lib/softhsm'];
+
+/**
+ * RFC 7512 §2.3: module-name is the library's name without "lib" prefix and suffix
+ * (mypkcs11 for libmypkcs11.so.1). A name given with them (libsofthsm2, libsofthsm2.so)
+ * is taken as it is too.
+ */
+export function findModule(name: string, dirs: readonly string[] = MODULE_DIRS): string | undefined {
+  const bare = name.replace(/^lib/, '').replace(/\.so(\.[\d.]+)?$/, '');
+  const exact = [`lib${bare}.so`, `${bare}.so`, name];
+  const versioned = new RegExp(`^(lib)?${bare.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\.so\\.[\\d.]+$`);
+  for (const dir of dirs) {
+    const hit = exact.map((file) => `${dir}/${file}`).find(existsSync);
+    if (hit) return hit;
+    let files: string[] = [];
+    try {
+      files = readdirSync(dir);
+    } catch {
+      continue;
+    }
+    const match = files.filter((file) => versioned.test(file)).sort()[0];
+    if (match) return `${dir}/${match}`;
+  }
+  return undefined;
+}
 const FIRST_BACKOFF_MS = 100;
 const MAX_BACKOFF_MS = 30_000;
 
 const trimmed = (text: string) => text.replace(/[\s\0]+$/, '');
-const ulong = (handle: pkcs11js.Handle) => Number(handle.readBigUInt64LE(0));
+const ulong = (handle: pkcs11js.Handle) => handle.readBigUInt64LE(0);
+const hexId = (id: Buffer) => id.toString('hex');
 
 /**
  * Keys on a PKCS#11 token. One session per operation from a pool; the hot path makes
@@ -56,7 +95,7 @@ const ulong = (handle: pkcs11js.Handle) => Number(handle.readBigUInt64LE(0));
  * finalized) takes the backend down: requests get BACKEND_UNAVAILABLE at once while it
  * reconnects by itself with exponential backoff.
  */
-export class Pkcs11Backend implements Backend {
+export class Pkcs11Backend implements Backend, ModuleUser {
   readonly kind = 'pkcs11' as const;
   readonly name: string;
   readonly timeoutMs: number;
@@ -64,6 +103,7 @@ export class Pkcs11Backend implements Backend {
   /** The config field errors name. */
   private readonly field: string;
   private module?: pkcs11js.PKCS11;
+  private shared?: SharedModule;
   private pin?: string;
   private mechanisms = new Set<number>();
   private readonly pool: SessionPool;
@@ -72,6 +112,9 @@ export class Pkcs11Backend implements Backend {
   private closed = false;
   private backoffMs = FIRST_BACKOFF_MS;
   private retry?: NodeJS.Timeout;
+  /** A connect (open or recovery) under way: C_Finalize waits for it. */
+  private connecting = false;
+  private recovering = false;
 
   constructor(
     private readonly config: Pkcs11BackendConfig,
@@ -87,10 +130,21 @@ export class Pkcs11Backend implements Backend {
   /** Connects (or, on reload, reconnects) and lists the keys; sessions busy with a request finish first. */
   async open(): Promise<{ keys: Pkcs11Key[]; skipped: SkippedKey[] }> {
     this.closed = false;
-    this.module ??= this.loadModule();
+    this.shared ??= this.loadModule();
+    this.module = this.shared.module;
+    this.shared.register(this);
     this.pin = resolvePin(this.uri, this.field);
     clearTimeout(this.retry);
-    const { found, skipped } = this.connect(this.module);
+    // A C_Finalize + C_Initialize of the module (another backend recovering) while this one
+    // connected ends the sessions it just opened: connect again.
+    let result: { found: FoundKey[]; skipped: SkippedKey[] };
+    for (let attempt = 1; ; attempt++) {
+      const generation = this.shared.generation;
+      result = await this.connect();
+      await this.shared.settled();
+      if (this.shared.generation === generation || attempt === 3) break;
+    }
+    const { found, skipped } = result;
     this.keys = found.map((k) => new Pkcs11Key(k.name, this, k.publicKey, k.id, k.object));
     for (const s of skipped) this.logger.warn({ backend: this.name, object: s.source, reason: s.reason }, `skipping PKCS#11 object ${s.source}: ${s.reason}`);
     this.up = true;
@@ -107,6 +161,22 @@ export class Pkcs11Backend implements Backend {
     this.up = false;
     clearTimeout(this.retry);
     this.pool.retire(new BackendUnavailableError(`backend ${this.name} is closed`));
+    // Stays known to the module until its last call has returned: a C_Finalize must not run under it.
+    const shared = this.shared;
+    if (shared) void (async () => {
+      while (this.busy()) await new Promise((resolve) => setTimeout(resolve, 50).unref());
+      if (this.closed) shared.unregister(this);
+    })();
+  }
+
+  /** ModuleUser: the module is about to be finalized. */
+  suspend(reason: string): void {
+    this.down(reason);
+  }
+
+  /** ModuleUser: a call of ours may be running inside the module. */
+  busy(): boolean {
+    return this.connecting || this.pool.active > 0;
   }
 
   /** One operation on one pooled session. */
@@ -152,23 +222,23 @@ export class Pkcs11Backend implements Backend {
     return new CryptoFailureError(`${what} failed: ${ckrName(err)}`);
   }
 
-  private loadModule(): pkcs11js.PKCS11 {
+  private loadModule(): SharedModule {
     let path = this.uri.modulePath;
     if (!path && this.uri.moduleName) {
-      const name = this.uri.moduleName.endsWith('.so') ? this.uri.moduleName : `${this.uri.moduleName}.so`;
-      path = MODULE_DIRS.map((dir) => `${dir}/${name}`).find(existsSync);
-      if (!path) throw new ConfigError(this.field, `module-name ${this.uri.moduleName}: no ${name} in ${MODULE_DIRS.join(', ')}; give module-path instead`);
+      path = findModule(this.uri.moduleName);
+      const bare = this.uri.moduleName.replace(/^lib/, '').replace(/\.so(\.[\d.]+)?$/, '');
+      if (!path) throw new ConfigError(this.field, `module-name ${this.uri.moduleName}: no lib${bare}.so (or ${bare}.so, lib${bare}.so.N) in ${MODULE_DIRS.join(', ')}; give module-path instead`);
     }
     if (!path) throw new ConfigError(this.field, 'names no PKCS#11 module: add ?module-path=/absolute/path/to/module.so');
     if (!existsSync(path)) throw new ConfigError(this.field, `module-path ${path} does not exist`);
-    let module: pkcs11js.PKCS11;
+    let shared: SharedModule;
     try {
-      module = loadModule(path);
+      shared = sharedModule(path);
     } catch (err) {
       throw new ConfigError(this.field, `cannot load the PKCS#11 module ${path}: ${ckrName(err)}`);
     }
-    this.checkLibrary(module, path);
-    return module;
+    this.checkLibrary(shared.module, path);
+    return shared;
   }
 
   /** library-manufacturer, library-description and library-version select the module itself. */
@@ -192,42 +262,64 @@ export class Pkcs11Backend implements Backend {
     return parts.filter(Boolean).join(';') || '(any token)';
   }
 
-  private findSlot(module: pkcs11js.PKCS11): pkcs11js.Handle {
+  /**
+   * The first slot whose token matches the URI. A slot whose token cannot be read is
+   * skipped with a warning naming this backend and the slot: one broken slot must not keep
+   * every other token (and every reload) from working.
+   */
+  private async findSlot(): Promise<pkcs11js.Handle> {
     const u = this.uri;
     const present: string[] = [];
-    for (const slot of module.C_GetSlotList(true)) {
-      const token = module.C_GetTokenInfo(slot);
+    const broken: string[] = [];
+    const readable: Array<{ slot: pkcs11js.Handle; token: pkcs11js.TokenInfo; info: pkcs11js.SlotInfo }> = [];
+    for (const { slot, token, info, error } of await this.shared!.slots()) {
+      if (token && info && !error) {
+        readable.push({ slot, token, info });
+        continue;
+      }
+      const reason = ckrName(error);
+      broken.push(`slot ${ulong(slot)} (${reason})`);
+      this.logger.warn({ backend: this.name, slot: ulong(slot).toString(), reason }, `backend ${this.name}: skipping slot ${ulong(slot)}: reading its token failed with ${reason}`);
+    }
+    for (const { slot, token, info } of readable) {
       if (!(token.flags & pkcs11js.CKF_TOKEN_INITIALIZED)) continue;
-      const slotInfo = module.C_GetSlotInfo(slot);
       present.push(trimmed(token.label));
       if (u.token !== undefined && trimmed(token.label) !== u.token) continue;
       if (u.serial !== undefined && trimmed(token.serialNumber) !== u.serial) continue;
       if (u.manufacturer !== undefined && trimmed(token.manufacturerID) !== u.manufacturer) continue;
       if (u.model !== undefined && trimmed(token.model) !== u.model) continue;
       if (u.slotId !== undefined && ulong(slot) !== u.slotId) continue;
-      if (u.slotDescription !== undefined && trimmed(slotInfo.slotDescription) !== u.slotDescription) continue;
-      if (u.slotManufacturer !== undefined && trimmed(slotInfo.manufacturerID) !== u.slotManufacturer) continue;
+      if (u.slotDescription !== undefined && trimmed(info.slotDescription) !== u.slotDescription) continue;
+      if (u.slotManufacturer !== undefined && trimmed(info.manufacturerID) !== u.slotManufacturer) continue;
       if (this.pin === undefined && token.flags & pkcs11js.CKF_LOGIN_REQUIRED) {
         throw new ConfigError(this.field, `token ${this.describeToken()} needs a login: add pin-source=file:/path or pin-value to the URI`);
       }
       return slot;
     }
-    throw new ConfigError(this.field, `no token matches ${this.describeToken()} (tokens present: ${present.length ? present.sort().map((l) => `"${l}"`).join(', ') : 'none'})`);
+    const listed = present.length ? present.sort().map((l) => `"${l}"`).join(', ') : 'none';
+    throw new TokenAbsentError(this.field, `no token matches ${this.describeToken()} (tokens present: ${listed}${broken.length ? `; unreadable: ${broken.join(', ')}` : ''})`);
   }
 
   /**
    * Opens a fresh set of sessions, logs in, finds the keys, and only then retires the old
    * sessions: the token never has none of ours open, which would log it out. The login is
-   * per token and process, shared with any other backend on the same token.
+   * per token and process, shared with any other backend on the same token. The blocking
+   * calls (slot list, token info, object search) run on the module's worker thread.
    */
-  private connect(module: pkcs11js.PKCS11): { found: FoundKey[]; skipped: SkippedKey[] } {
-    const slot = this.findSlot(module);
-    const mechanisms = new Set(module.C_GetMechanismList(slot));
+  private async connect(): Promise<{ found: FoundKey[]; skipped: SkippedKey[] }> {
+    const shared = this.shared!;
+    await shared.settled();
+    const module = shared.module;
+    this.connecting = true;
     const sessions: pkcs11js.Handle[] = [];
     try {
+      await shared.call('initialize'); // in case something finalized the module underneath us
+      const slot = await this.findSlot();
+      const mechanisms = new Set(module.C_GetMechanismList(slot));
       for (let i = 0; i < this.config.pool_size; i++) sessions.push(module.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION));
       this.login(module, sessions[0]!);
-      const keys = new TokenObjects(module, sessions[0]!).privateKeys(this.uri, this.describeToken());
+      const keys = this.named(await new TokenObjects(shared, sessions[0]!).privateKeys(this.uri, this.describeToken()));
+      if (this.closed) throw new BackendUnavailableError(`backend ${this.name} was closed while connecting`);
       this.mechanisms = mechanisms;
       this.pool.retire();
       this.pool.fill(sessions);
@@ -235,7 +327,36 @@ export class Pkcs11Backend implements Backend {
     } catch (err) {
       for (const session of sessions) this.closeSession(session);
       throw err;
+    } finally {
+      this.connecting = false;
     }
+  }
+
+  /**
+   * Applies key_names (by CKA_ID, then by label) and refuses a second object under a name
+   * already taken on this token, naming both objects. Objects are taken in the order of
+   * their CKA_ID, so the same one wins at every reload whatever order the token lists them in.
+   */
+  private named({ found, skipped }: { found: FoundKey[]; skipped: SkippedKey[] }): { found: FoundKey[]; skipped: SkippedKey[] } {
+    const names = this.config.key_names;
+    const byName = new Map<string, FoundKey>();
+    const kept: FoundKey[] = [];
+    const clashes: SkippedKey[] = [];
+    for (const key of [...found].sort((a, b) => Buffer.compare(a.id, b.id))) {
+      const name = names[`id:${hexId(key.id)}`] ?? names[key.name] ?? key.name;
+      const renamed = name === key.name ? key : { ...key, name };
+      const first = byName.get(name);
+      if (first) {
+        clashes.push({
+          source: `${this.describeToken()};object=${name};id=${hexId(key.id)}`,
+          reason: `objects id ${hexId(first.id)} and id ${hexId(key.id)} on token ${this.describeToken()} of backend ${this.name} are both named ${name}; only the first is served: name them apart with key_names (e.g. "id:${hexId(key.id)}": ${name}-2)`,
+        });
+        continue;
+      }
+      byName.set(name, renamed);
+      kept.push(renamed);
+    }
+    return { found: kept, skipped: [...skipped, ...clashes] };
   }
 
   private login(module: pkcs11js.PKCS11, session: pkcs11js.Handle): void {
@@ -270,30 +391,67 @@ export class Pkcs11Backend implements Backend {
 
   private scheduleRecovery(): void {
     clearTimeout(this.retry);
-    this.retry = setTimeout(() => this.recover(), this.backoffMs).unref();
+    this.retry = setTimeout(() => void this.recover(), this.backoffMs).unref();
     this.backoffMs = Math.min(this.backoffMs * 2, MAX_BACKOFF_MS);
   }
 
-  /** Reconnects and finds each key again by label, id and public key; synchronous, once per backoff step. */
-  private recover(): void {
-    if (this.closed || !this.module) return;
+  /**
+   * Reconnects and finds each key again by name, id and public key, once per backoff step.
+   * When the token itself is gone (not only our sessions), the module is finalized and
+   * initialized again (see SharedModule.reinitialize) and the reconnect tried once more.
+   */
+  private async recover(): Promise<void> {
+    if (this.closed || !this.shared || this.recovering) return;
+    this.recovering = true;
     try {
-      initialize(this.module); // in case something finalized the module underneath us
-      const { found } = this.connect(this.module);
-      for (const key of this.keys) {
-        const again = found.find((k) => k.name === key.name && k.id.equals(key.id) && k.publicKey.ski.equals(key.publicKey.ski));
-        if (!again) this.logger.warn({ backend: this.name, key: key.name }, `key ${key.name} is no longer on the token; it answers KEY_NOT_FOUND until a reload`);
-        key.object = again?.object;
+      const generation = this.shared.generation;
+      try {
+        await this.reconnect();
+      } catch (err) {
+        if (this.closed || !tokenGone(err)) throw err;
+        const reason = describe(err);
+        this.logger.warn({ backend: this.name, reason }, `backend ${this.name}: ${reason}; finalizing and initializing the PKCS#11 module ${this.shared.path} again`);
+        await this.shared.reinitialize(`backend ${this.name} lost its token (${reason})`, generation);
+        await this.reconnect();
       }
       this.up = true;
       this.backoffMs = FIRST_BACKOFF_MS;
       this.logger.info({ backend: this.name }, `backend ${this.name} reconnected to its token`);
     } catch (err) {
-      const reason = err instanceof ConfigError ? err.problem : ckrName(err);
+      if (this.closed) return;
+      const reason = describe(err);
       this.logger.warn({ backend: this.name, reason, retry_ms: this.backoffMs }, `backend ${this.name} still cannot reach its token: ${reason}`);
       this.scheduleRecovery();
+    } finally {
+      this.recovering = false;
     }
   }
+
+  private async reconnect(): Promise<void> {
+    const generation = this.shared!.generation;
+    const { found } = await this.connect();
+    await this.shared!.settled();
+    if (this.shared!.generation !== generation) throw new BackendUnavailableError('the module was initialized again while reconnecting');
+    const byName = new Map(found.map((k) => [k.name, k]));
+    for (const key of this.keys) {
+      const candidate = byName.get(key.name);
+      const again = candidate && candidate.id.equals(key.id) && candidate.publicKey.ski.equals(key.publicKey.ski) ? candidate : undefined;
+      if (!again) this.logger.warn({ backend: this.name, key: key.name }, `key ${key.name} is no longer on the token; it answers KEY_NOT_FOUND until a reload`);
+      key.object = again?.object;
+    }
+  }
+}
+
+/** The token could not be found or read: a C_Finalize + C_Initialize may bring it back. */
+class TokenAbsentError extends ConfigError {}
+
+function tokenGone(err: unknown): boolean {
+  const code = ckrCode(err);
+  return err instanceof TokenAbsentError || (code !== undefined && TOKEN_GONE.has(code));
+}
+
+function describe(err: unknown): string {
+  return err instanceof ConfigError ? err.problem : ckrName(err);
 }
 
 /** The factory the daemon's backend registry calls. */

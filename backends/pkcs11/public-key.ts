@@ -33,10 +33,17 @@ export function ecSpki(params: Buffer, point: Buffer): Buffer {
   const curve = CURVES.find(([oid]) => oid === hex)?.[1];
   if (!curve) throw new Error(`unsupported curve (EC params ${hex}): keylessd serves P-256, P-384, P-521 and Ed25519`);
   const raw = unwrapPoint(point);
-  if (raw[0] !== 0x04) throw new Error('only uncompressed EC points are supported');
-  const half = (raw.length - 1) / 2;
-  return createPublicKey({
-    key: { kty: 'EC', crv: curve, x: raw.subarray(1, 1 + half).toString('base64url'), y: raw.subarray(1 + half).toString('base64url') },
-    format: 'jwk',
-  }).export({ format: 'der', type: 'spki' });
+  if (raw[0] !== 0x04 || raw.length % 2 !== 1) throw new Error('only uncompressed EC points are supported');
+  // Assembled as DER rather than through a KeyObject: a token of thousands of keys builds
+  // thousands of these on the event loop. Whoever uses it parses it (and so checks the point).
+  return der(0x30, Buffer.concat([der(0x30, Buffer.concat([EC_PUBLIC_KEY_OID, params])), der(0x03, Buffer.concat([Buffer.from([0]), raw]))]));
+}
+
+/** OID 1.2.840.10045.2.1 (id-ecPublicKey), DER. */
+const EC_PUBLIC_KEY_OID = Buffer.from('06072a8648ce3d0201', 'hex');
+
+function der(tag: number, content: Buffer): Buffer {
+  const n = content.length;
+  const length = n < 0x80 ? [n] : n < 0x100 ? [0x81, n] : [0x82, n >> 8, n & 0xff];
+  return Buffer.concat([Buffer.from([tag, ...length]), content]);
 }

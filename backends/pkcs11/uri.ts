@@ -18,7 +18,8 @@ export interface Pkcs11Uri {
   readonly id?: Buffer;
   readonly slotManufacturer?: string;
   readonly slotDescription?: string;
-  readonly slotId?: number;
+  /** CK_SLOT_ID is an unsigned long: 64 bits on the platforms keylessd runs on. */
+  readonly slotId?: bigint;
   /** Path attributes this parser does not know (vendor attributes): a URI with any matches nothing. */
   readonly vendor: Readonly<Record<string, string>>;
   readonly pinSource?: { readonly kind: 'file'; readonly path: string } | { readonly kind: 'command'; readonly command: string };
@@ -58,6 +59,18 @@ const TEXT_ATTRIBUTES: Readonly<Record<string, keyof Pkcs11Uri>> = {
 };
 
 const TYPES = new Set(['public', 'private', 'cert', 'secret-key', 'data']);
+const QUERY_ATTRIBUTES = new Set(['pin-source', 'pin-value', 'module-name', 'module-path']);
+
+// RFC 7512 §2.3: what a value may hold unencoded, besides pk11-pct-encoded.
+const UNRESERVED = 'A-Za-z0-9\\-._~';
+const RES_AVAIL = ":\\[\\]@!$'()*+,=";
+/** pk11-pchar: path values may hold "&" but not "/", "?" or ";". */
+const PCHAR = new RegExp(`[^${UNRESERVED}${RES_AVAIL}&%]`);
+/** pk11-qchar: query values may hold "/", "?" and "|" but not "&", ";" or "#". */
+const QCHAR = new RegExp(`[^${UNRESERVED}${RES_AVAIL}/?|%]`);
+/** pk11-v-attr-nm-char, which the standard names satisfy too. */
+const NAME_CHAR = /[^A-Za-z0-9\-_]/;
+const CK_ULONG_MAX = (1n << 64n) - 1n;
 
 function fail(attribute: string, problem: string): never {
   throw new ConfigError(`pkcs11 URI attribute ${attribute}`, problem);
@@ -97,8 +110,23 @@ function parseVersion(value: string): { major: number; minor: number } {
   return { major, minor };
 }
 
+/**
+ * Refuses a character the grammar does not allow unencoded, naming its position in the URI
+ * (1-based). The character itself is not quoted for a pin-value.
+ */
+function checkChars(text: string, offset: number, disallowed: RegExp, attribute: string, what: string): void {
+  const match = disallowed.exec(text);
+  if (!match) return;
+  const char = match[0];
+  const code = char.codePointAt(0)!;
+  const shown = attribute === 'pin-value' ? 'a character' : code < 0x21 || code > 0x7e ? `U+${code.toString(16).toUpperCase().padStart(4, '0')}` : `"${char}"`;
+  const hint = attribute === 'pin-value' ? 'percent-encode it' : `write ${[...Buffer.from(char, 'utf8')].map((b) => `%${b.toString(16).toUpperCase().padStart(2, '0')}`).join('')}`;
+  fail(attribute, `${shown} at position ${offset + match.index + 1} is not allowed unencoded in ${what} (RFC 7512 §2.3); ${hint}`);
+}
+
 export function parsePkcs11Uri(uri: string): Pkcs11Uri {
-  // URI schemes are case-insensitive (RFC 3986 §3.1), as are RFC 7512's attribute names (ABNF strings).
+  // URI schemes are case-insensitive (RFC 3986 §3.1), as are RFC 7512's attribute names and
+  // literal values such as type=PRIVATE (ABNF strings, RFC 5234 §2.3).
   if (uri.slice(0, 7).toLowerCase() !== 'pkcs11:') {
     // Only the scheme is quoted: the rest may hold a pin-value.
     const scheme = /^[A-Za-z][A-Za-z0-9+.-]{0,19}:/.exec(uri)?.[0];
@@ -111,11 +139,17 @@ export function parsePkcs11Uri(uri: string): Pkcs11Uri {
   const out: Record<string, unknown> = { vendor: {}, unknownQuery: {} };
   const seen = new Set<string>();
 
+  let offset = 'pkcs11:'.length;
   for (const item of pathPart === '' ? [] : pathPart.split(';')) {
+    const at = offset;
+    offset += item.length + 1;
     const eq = item.indexOf('=');
     if (eq <= 0) fail(item || '(empty)', 'path attributes are name=value pairs separated by ";"');
+    checkChars(item.slice(0, eq), at, NAME_CHAR, 'the path', 'an attribute name');
     const name = item.slice(0, eq).toLowerCase();
     const value = item.slice(eq + 1);
+    if (QUERY_ATTRIBUTES.has(name)) fail(name, 'is a query attribute: put it after "?" (pkcs11:token=...?' + name + '=...)');
+    checkChars(value, at + eq + 1, PCHAR, name, 'a path attribute value');
     if (seen.has(name)) fail(name, 'appears twice');
     seen.add(name);
     const max = MAX_BYTES[name];
@@ -126,25 +160,34 @@ export function parsePkcs11Uri(uri: string): Pkcs11Uri {
     } else if (name === 'id') {
       out.id = percentDecode(value, 'id');
     } else if (name === 'type') {
-      const type = decodeText(value, 'type');
+      const type = decodeText(value, 'type').toLowerCase();
       if (!TYPES.has(type)) fail('type', `must be one of ${[...TYPES].join(', ')}, got "${type}"`);
       out.type = type;
     } else if (name === 'library-version') {
       out.libraryVersion = parseVersion(decodeText(value, name));
     } else if (name === 'slot-id') {
       const text = decodeText(value, name);
-      if (!/^\d{1,10}$/.test(text) || Number(text) > 0xffffffff) fail('slot-id', `must be a non-negative whole number (CK_SLOT_ID), got "${text}"`);
-      out.slotId = Number(text);
+      // 1*DIGIT: decimal, leading zeros allowed, up to the largest CK_ULONG.
+      if (!/^\d+$/.test(text)) fail('slot-id', `must be a decimal CK_SLOT_ID (digits only), got "${text}"`);
+      const slotId = BigInt(text);
+      if (slotId > CK_ULONG_MAX) fail('slot-id', `is larger than a CK_SLOT_ID can be (2^64 - 1), got "${text}"`);
+      out.slotId = slotId;
     } else {
       (out.vendor as Record<string, string>)[name] = decodeText(value, name);
     }
   }
 
   const seenQuery = new Set<string>();
+  offset = 'pkcs11:'.length + pathPart.length + 1;
   for (const item of queryPart === '' ? [] : queryPart.split('&')) {
+    const at = offset;
+    offset += item.length + 1;
     const eq = item.indexOf('=');
-    if (eq <= 0) fail(item || '(empty)', 'query attributes are name=value pairs separated by "&"');
+    // The item itself is not quoted: it may be a PIN typed without its name.
+    if (eq <= 0) fail('the query', `the item at position ${at + 1} is not a name=value pair (query attributes are separated by "&")`);
+    checkChars(item.slice(0, eq), at, NAME_CHAR, 'the query', 'an attribute name');
     const name = item.slice(0, eq).toLowerCase();
+    checkChars(item.slice(eq + 1), at + eq + 1, QCHAR, name, 'a query attribute value');
     const value = decodeText(item.slice(eq + 1), name);
     if (seenQuery.has(name) && ['pin-source', 'pin-value', 'module-name', 'module-path'].includes(name)) fail(name, 'appears twice');
     seenQuery.add(name);
@@ -163,6 +206,8 @@ export function parsePkcs11Uri(uri: string): Pkcs11Uri {
         out.pinValue = value;
         break;
       case 'module-name':
+        // RFC 7512 §2.3: the module's name without path, "lib" prefix or suffix (mypkcs11 for libmypkcs11.so.1).
+        if (value === '' || value.includes('/')) fail('module-name', `is a module's name without path, "lib" prefix or suffix (module-name=softhsm2 for libsofthsm2.so), got "${value}"`);
         out.moduleName = value;
         break;
       case 'module-path':

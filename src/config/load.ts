@@ -93,7 +93,7 @@ export function validateConfig(raw: Record<string, unknown>, overrides: readonly
   applyOverrides(copy, overrides);
   const result = configSchema.safeParse(copy, { reportInput: true });
   if (!result.success) {
-    const lines = formatConfigIssues(result.error).map((line) => {
+    const lines = formatConfigIssues(result.error, '', copy).map((line) => {
       const field = line.slice(0, line.indexOf(':'));
       return blameOverride(new ConfigError(field, line.slice(field.length + 2)), overrides).message;
     });

@@ -1,10 +1,16 @@
 import { execFileSync } from 'node:child_process';
 import { constants, createPublicKey, generateKeyPairSync, publicEncrypt, randomBytes, verify, type KeyObject } from 'node:crypto';
-import { chmodSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as pkcs11js from 'pkcs11js';
 import { createPkcs11Backend, Pkcs11Backend, pkcs11BackendSchema } from '../../backends/pkcs11';
-import { loadModule } from '../../backends/pkcs11/module';
+import { findModule } from '../../backends/pkcs11/backend';
+import { loadModule, sharedModule } from '../../backends/pkcs11/module';
+import { TokenObjects } from '../../backends/pkcs11/token-objects';
+import { parsePkcs11Uri } from '../../backends/pkcs11/uri';
+import { validateConfig } from '../../src/config/load';
+import { openKeySet, closeKeySet } from '../../src/key-set';
 import type { KeylessSession } from '../../src/client/session';
 import { SCHEME_OF, SIGNATURE_ALGORITHMS, keyTypeOf } from '../../src/crypto/algorithms';
 import { hashMessage } from '../../src/crypto/hashes';
@@ -44,6 +50,8 @@ async function until(condition: () => boolean): Promise<void> {
 
 let server: RunningDaemon;
 let session: KeylessSession;
+/** The folder SoftHSM keeps the broken-slot token in, which a test takes away. */
+let brokenFolder: string;
 
 beforeAll(async () => {
   writeFileSync(pinFile, `${PIN}\n`);
@@ -56,7 +64,15 @@ beforeAll(async () => {
   // Nobody in this process logs in to pin-test: a login elsewhere on a token makes any PIN "work" there.
   execFileSync(tokenScript, ['--dir', tokenDir, '--label', 'pin-test', '--pin', PIN, '--generate', 'ec:P-256:k:01']);
   execFileSync(tokenScript, ['--dir', tokenDir, '--label', 'doomed-test', '--pin', PIN, '--generate', 'ec:P-256:stays:01', '--generate', 'ec:P-256:doomed:02']);
-  server = await startDaemon({ backends: [{ type: 'pkcs11', name: 'hsm', uri: uri(), pool_size: 4 }], keys: { rsa2048: { decrypt: true, decrypt_raw: true }, rsa3072: { decrypt: true, decrypt_raw: true } } });
+  // The same label on two tokens, and two objects with one label on one token.
+  execFileSync(tokenScript, ['--dir', tokenDir, '--label', 'dup-a', '--pin', PIN, '--generate', 'ec:P-256:www:01']);
+  execFileSync(tokenScript, ['--dir', tokenDir, '--label', 'dup-b', '--pin', PIN, '--generate', 'ec:P-256:www:03', '--generate', 'ec:P-256:twin:01', '--generate', 'ec:P-256:twin:02']);
+  const before = new Set(readdirSync(join(tokenDir, 'tokens')));
+  execFileSync(tokenScript, ['--dir', tokenDir, '--label', 'broken-slot', '--pin', PIN, '--generate', 'ec:P-256:k:01']);
+  brokenFolder = readdirSync(join(tokenDir, 'tokens')).find((f) => !before.has(f))!;
+  // timeout_ms: 4,000 requests queued on 4 sessions finish in about a second on an idle machine
+  // and in several under stress; these tests check correctness under concurrency, not latency.
+  server = await startDaemon({ backends: [{ type: 'pkcs11', name: 'hsm', uri: uri(), pool_size: 4, timeout_ms: 60_000 }], keys: { rsa2048: { decrypt: true, decrypt_raw: true }, rsa3072: { decrypt: true, decrypt_raw: true } } });
   session = await server.connect();
 });
 afterAll(async () => {
@@ -266,7 +282,7 @@ describe('clear errors at start', () => {
 
   test('a token that does not exist, listing those present', async () => {
     expect(await failure({ uri: `pkcs11:token=no-such-token?module-path=${MODULE}&pin-value=1` })).toEqual(
-      new ConfigError('backends.hsm.uri', 'no token matches token=no-such-token (tokens present: "doomed-test", "keyless-test", "pin-test")'),
+      new ConfigError('backends.hsm.uri', 'no token matches token=no-such-token (tokens present: "broken-slot", "doomed-test", "dup-a", "dup-b", "keyless-test", "pin-test")'),
     );
   });
 
@@ -295,5 +311,95 @@ describe('clear errors at start', () => {
     const parsed = pkcs11BackendSchema.safeParse({ type: 'pkcs11', name: 'hsm', uri: 'pkcs11:token=a;token=b?module-path=/x.so' });
     expect(parsed.success).toBe(false);
     expect(parsed.error!.issues.map((i) => i.message)).toEqual(['pkcs11 URI attribute token: appears twice']);
+  });
+});
+
+describe('large and crowded tokens', () => {
+  const logged = (): { logger: ReturnType<typeof createLogger>; lines: Array<Record<string, unknown>> } => {
+    const lines: Array<Record<string, unknown>> = [];
+    return { lines, logger: createLogger('info', { write: (line: string) => void lines.push(JSON.parse(line)) }) };
+  };
+
+  test.each([
+    ['one search per key', 4],
+    ['one search for every public key', 0],
+  ])('object search pages through every object, however many (%s)', async (_how, targeted) => {
+    const module = softhsm();
+    const handle = module.C_OpenSession(slotOf('keyless-test'), pkcs11js.CKF_SERIAL_SESSION);
+    try {
+      // Two handles per C_FindObjects: five keys take three rounds, as 10,001 objects would with the default batch.
+      const { found } = await new TokenObjects(sharedModule(MODULE), handle, 2, targeted).privateKeys(parsePkcs11Uri('pkcs11:'), 'token=keyless-test');
+      expect(found.map((k) => k.name).sort()).toEqual(Object.keys(KEYS).sort());
+      for (const key of found) expect(key.publicKey.ski).toEqual(describePublicKey(createPublicKey(KEYS[key.name]!).export({ format: 'der', type: 'spki' })).ski);
+    } finally {
+      module.C_CloseSession(handle);
+    }
+  });
+
+  const config = (backends: unknown[]) => validateConfig({ tls: { cert: '/c', key: '/k', client_ca: '/ca' }, backends });
+  const dup = (name: string, token: string, extra: Record<string, unknown> = {}) => ({ type: 'pkcs11', name, uri: uri('', token), ...extra });
+
+  test('the same label on two tokens and on two objects: each clash is reported naming both; key_names serves them all', async () => {
+    const clashing = await openKeySet(config([dup('hsm-a', 'dup-a'), dup('hsm-b', 'dup-b')]), logger);
+    try {
+      expect(clashing.registry.list().map((k) => `${k.handle.backend.name}/${k.handle.name}`).sort()).toEqual(['hsm-a/www', 'hsm-b/twin']);
+      expect(clashing.skipped).toEqual([
+        {
+          source: 'token=dup-b;object=twin;id=02',
+          reason: 'objects id 01 and id 02 on token token=dup-b of backend hsm-b are both named twin; only the first is served: name them apart with key_names (e.g. "id:02": twin-2)',
+        },
+        { source: 'hsm-b/www', reason: 'the name www is already served by backend hsm-a' },
+      ]);
+    } finally {
+      await closeKeySet(clashing);
+    }
+    const named = await openKeySet(config([dup('hsm-a', 'dup-a'), dup('hsm-b', 'dup-b', { key_names: { www: 'www-b', 'id:02': 'twin-2' } })]), logger);
+    try {
+      expect(named.skipped).toEqual([]);
+      expect(named.registry.list().map((k) => `${k.handle.backend.name}/${k.handle.name}`).sort()).toEqual(['hsm-a/www', 'hsm-b/twin', 'hsm-b/twin-2', 'hsm-b/www-b']);
+      for (const name of ['www', 'www-b', 'twin', 'twin-2']) {
+        const key = named.registry.find({ name })!.handle;
+        const digest = hashMessage('sha256', Buffer.from(name));
+        const signature = await key.sign({ kind: 'ecdsa', hash: 'sha256' }, digest);
+        expect(verify('sha256', Buffer.from(name), createPublicKey({ key: key.publicKey.spki, format: 'der', type: 'spki' }), signature)).toBe(true);
+      }
+      expect(named.registry.find({ name: 'www' })!.handle.publicKey.ski).not.toEqual(named.registry.find({ name: 'www-b' })!.handle.publicKey.ski);
+    } finally {
+      await closeKeySet(named);
+    }
+  });
+
+  test('module-name is the library name without "lib" and suffix (RFC 7512), found in the usual folders', async () => {
+    expect(findModule('softhsm2')).toBe(MODULE);
+    expect(findModule('libsofthsm2')).toBe(MODULE);
+    expect(findModule('libsofthsm2.so')).toBe(MODULE);
+    expect(findModule('no-such-module')).toBeUndefined();
+    const dir = mkdtempSync(join(tmpdir(), 'keylessd-modules-'));
+    mkdirSync(join(dir, 'sub'));
+    writeFileSync(join(dir, 'libmypkcs11.so.1'), '');
+    expect(findModule('mypkcs11', [join(dir, 'sub'), dir])).toBe(join(dir, 'libmypkcs11.so.1'));
+    const backend = backendFor({ uri: `pkcs11:token=keyless-test;object=p256?module-name=softhsm2&pin-source=file:${pinFile}` });
+    expect((await backend.open()).keys.map((k) => k.name)).toEqual(['p256']);
+    await backend.close();
+  });
+
+  test('a slot whose token cannot be read is skipped with a warning naming the backend and the slot; the others open', async () => {
+    const brokenSlot = slotOf('broken-slot').readBigUInt64LE(0);
+    const away = mkdtempSync(join(tmpdir(), 'keylessd-away-'));
+    renameSync(join(tokenDir, 'tokens', brokenFolder), join(away, brokenFolder));
+    try {
+      const { logger: capturing, lines } = logged();
+      const backend = createPkcs11Backend(pkcs11BackendSchema.parse({ type: 'pkcs11', name: 'edge', uri: uri(';object=p256') }), capturing);
+      expect((await backend.open()).keys.map((k) => k.name)).toEqual(['p256']);
+      await backend.close();
+      expect(lines.filter((l) => l.level === 'warn').map((l) => [l.backend, l.slot, l.msg])).toEqual([
+        ['edge', String(brokenSlot), `backend edge: skipping slot ${brokenSlot}: reading its token failed with CKR_GENERAL_ERROR`],
+      ]);
+      // A URI for the broken token itself says what is wrong with it.
+      const err = await backendFor({ uri: uri('', 'broken-slot') }).open().catch((e: Error) => e);
+      expect((err as Error).message).toContain(`unreadable: slot ${brokenSlot} (CKR_GENERAL_ERROR)`);
+    } finally {
+      renameSync(join(away, brokenFolder), join(tokenDir, 'tokens', brokenFolder));
+    }
   });
 });

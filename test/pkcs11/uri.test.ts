@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import fc from 'fast-check';
 import { ConfigError } from '../../src/errors';
 import { parsePkcs11Uri, type Pkcs11Uri } from '../../backends/pkcs11/uri';
+import { pkcs11BackendSchema } from '../../backends/pkcs11/schema';
 
 interface Example {
   uri: string;
@@ -58,8 +59,8 @@ test.each([
   [`pkcs11:serial=${'1'.repeat(17)}`, 'pkcs11 URI attribute serial: is 17 bytes; PKCS#11 allows at most 16'],
   ['pkcs11:library-version=256', 'pkcs11 URI attribute library-version: version numbers are bytes (0-255), got "256"'],
   ['pkcs11:library-version=1.2.3', 'pkcs11 URI attribute library-version: expected M or M.N, got "1.2.3"'],
-  ['pkcs11:slot-id=-1', 'pkcs11 URI attribute slot-id: must be a non-negative whole number (CK_SLOT_ID), got "-1"'],
-  ['pkcs11:slot-id=abc', 'pkcs11 URI attribute slot-id: must be a non-negative whole number (CK_SLOT_ID), got "abc"'],
+  ['pkcs11:slot-id=-1', 'pkcs11 URI attribute slot-id: must be a decimal CK_SLOT_ID (digits only), got "-1"'],
+  ['pkcs11:slot-id=abc', 'pkcs11 URI attribute slot-id: must be a decimal CK_SLOT_ID (digits only), got "abc"'],
   ['pkcs11:type=key', 'pkcs11 URI attribute type: must be one of public, private, cert, secret-key, data, got "key"'],
   ['pkcs11:object=%zz', 'pkcs11 URI attribute object: bad percent-escape "%zz"'],
   ['pkcs11:object=%c3', 'pkcs11 URI attribute object: is not valid UTF-8 text'],
@@ -72,18 +73,33 @@ test.each([
   ['pkcs11:object=k?module-path=./lib.so', 'pkcs11 URI attribute module-path: must be an absolute path, got "./lib.so"'],
   ['pkcs11:id=%0', 'pkcs11 URI attribute id: bad percent-escape "%0"'],
   ['pkcs11:object=50%', 'pkcs11 URI attribute object: bad percent-escape "%"'],
-  ['pkcs11:slot-id=4294967296', 'pkcs11 URI attribute slot-id: must be a non-negative whole number (CK_SLOT_ID), got "4294967296"'],
-  ['pkcs11:slot-id=1.5', 'pkcs11 URI attribute slot-id: must be a non-negative whole number (CK_SLOT_ID), got "1.5"'],
+  ['pkcs11:slot-id=18446744073709551616', 'pkcs11 URI attribute slot-id: is larger than a CK_SLOT_ID can be (2^64 - 1), got "18446744073709551616"'],
+  ['pkcs11:slot-id=1.5', 'pkcs11 URI attribute slot-id: must be a decimal CK_SLOT_ID (digits only), got "1.5"'],
+  ['pkcs11:slot-id=', 'pkcs11 URI attribute slot-id: must be a decimal CK_SLOT_ID (digits only), got ""'],
   ['pkcs11:library-version=1.256', 'pkcs11 URI attribute library-version: version numbers are bytes (0-255), got "1.256"'],
   [`pkcs11:model=${'m'.repeat(17)}`, 'pkcs11 URI attribute model: is 17 bytes; PKCS#11 allows at most 16'],
   [`pkcs11:library-description=${'%C3%A1'.repeat(17)}`, 'pkcs11 URI attribute library-description: is 34 bytes; PKCS#11 allows at most 32'],
-  ['pkcs11:type=Private', 'pkcs11 URI attribute type: must be one of public, private, cert, secret-key, data, got "Private"'],
+  ['pkcs11:type=privat', 'pkcs11 URI attribute type: must be one of public, private, cert, secret-key, data, got "privat"'],
+  // Characters the grammar does not allow unencoded, with their position in the URI (1-based).
+  ['pkcs11:token=My Token', 'pkcs11 URI attribute token: U+0020 at position 16 is not allowed unencoded in a path attribute value (RFC 7512 §2.3); write %20'],
+  ['pkcs11:object=clé', 'pkcs11 URI attribute object: U+00E9 at position 17 is not allowed unencoded in a path attribute value (RFC 7512 §2.3); write %C3%A9'],
+  ['pkcs11:object=a#b', 'pkcs11 URI attribute object: "#" at position 16 is not allowed unencoded in a path attribute value (RFC 7512 §2.3); write %23'],
+  ['pkcs11:object=a/b', 'pkcs11 URI attribute object: "/" at position 16 is not allowed unencoded in a path attribute value (RFC 7512 §2.3); write %2F'],
+  ['pkcs11:object=k?module-path=/usr/lib/a;b.so', 'pkcs11 URI attribute module-path: ";" at position 39 is not allowed unencoded in a query attribute value (RFC 7512 §2.3); write %3B'],
+  ['pkcs11:object=k?pin-source=file:/etc/pin#1', 'pkcs11 URI attribute pin-source: "#" at position 41 is not allowed unencoded in a query attribute value (RFC 7512 §2.3); write %23'],
+  ['pkcs11:object=k?module-path=/opt/my lib.so', 'pkcs11 URI attribute module-path: U+0020 at position 36 is not allowed unencoded in a query attribute value (RFC 7512 §2.3); write %20'],
+  ['pkcs11:x.vendor=1', 'pkcs11 URI attribute the path: "." at position 9 is not allowed unencoded in an attribute name (RFC 7512 §2.3); write %2E'],
+  ['pkcs11:object=k?x vendor=1', 'pkcs11 URI attribute the query: U+0020 at position 18 is not allowed unencoded in an attribute name (RFC 7512 §2.3); write %20'],
+  ['pkcs11:object=k?s3cret', 'pkcs11 URI attribute the query: the item at position 17 is not a name=value pair (query attributes are separated by "&")'],
+  ['pkcs11:token=a;module-path=/x.so', 'pkcs11 URI attribute module-path: is a query attribute: put it after "?" (pkcs11:token=...?module-path=...)'],
+  ['pkcs11:token=a;pin-value=1234', 'pkcs11 URI attribute pin-value: is a query attribute: put it after "?" (pkcs11:token=...?pin-value=...)'],
+  ['pkcs11:object=k?module-name=/usr/lib/libx.so', 'pkcs11 URI attribute module-name: is a module\'s name without path, "lib" prefix or suffix (module-name=softhsm2 for libsofthsm2.so), got "/usr/lib/libx.so"'],
   ['pkcs11:token=a;=b', 'pkcs11 URI attribute =b: path attributes are name=value pairs separated by ";"'],
 ])('%s is refused, naming the attribute', (uri, message) => {
   expect(() => parsePkcs11Uri(uri)).toThrow(new ConfigError(message.slice(0, message.indexOf(': ')), message.slice(message.indexOf(': ') + 2)));
 });
 
-test.each(['pkcs11:object=k?pin-value=s3cret&pin-source=file:/p', 'pkcs11:object=k?pin-value=s3%cr', 'pkcs12:?pin-value=s3cret'])('an error never echoes a pin-value: %s', (uri) => {
+test.each(['pkcs11:object=k?pin-value=s3cret&pin-source=file:/p', 'pkcs11:object=k?pin-value=s3%cr', 'pkcs12:?pin-value=s3cret', 'pkcs11:object=k?pin-value=s3c;ret', 'pkcs11:object=k?pin-value=s3cé'])('an error never echoes a pin-value: %s', (uri) => {
   expect(() => parsePkcs11Uri(uri)).toThrow(ConfigError);
   expect(() => parsePkcs11Uri(uri)).not.toThrow(/s3/);
 });
@@ -91,6 +107,30 @@ test.each(['pkcs11:object=k?pin-value=s3cret&pin-source=file:/p', 'pkcs11:object
 test('the scheme and attribute names are case-insensitive; values are not', () => {
   const uri = parsePkcs11Uri('PKCS11:Token=My%20Token;OBJECT=Key?Module-Path=/lib/x.so');
   expect([uri.token, uri.object, uri.modulePath]).toEqual(['My Token', 'Key', '/lib/x.so']);
+});
+
+test('literal values of the grammar are case-insensitive: type=PRIVATE is type=private', () => {
+  expect(parsePkcs11Uri('pkcs11:type=PRIVATE').type).toBe('private');
+  expect(parsePkcs11Uri('pkcs11:TYPE=Secret-Key').type).toBe('secret-key');
+  expect(parsePkcs11Uri('Pkcs11:object=k').object).toBe('k');
+});
+
+test('slot-id is a decimal CK_ULONG: leading zeros, values above 2^32 and up to 2^64 - 1', () => {
+  expect(parsePkcs11Uri('pkcs11:slot-id=0007').slotId).toBe(7n);
+  expect(parsePkcs11Uri('pkcs11:slot-id=4294967296').slotId).toBe(4294967296n);
+  expect(parsePkcs11Uri('pkcs11:slot-id=18446744073709551615').slotId).toBe(18446744073709551615n);
+});
+
+test('what the grammar allows unencoded is accepted: "&" in a path value, "/", "?" and "|" in a query value', () => {
+  const uri = parsePkcs11Uri("pkcs11:token=R&D;object=a:b[c]@!$'()*+,=~?module-path=/opt/x?y.so&pin-source=|/usr/bin/get-pin");
+  expect([uri.token, uri.object, uri.modulePath]).toEqual(['R&D', "a:b[c]@!$'()*+,=~", '/opt/x?y.so']);
+  expect(uri.pinSource).toEqual({ kind: 'command', command: '/usr/bin/get-pin' });
+});
+
+test('vendor attributes follow pk11-v-attr-nm-char (letters, digits, "-", "_") in the path and the query', () => {
+  const uri = parsePkcs11Uri('pkcs11:object=k;Vendor_A-1=x%20y?vendor_b=%2F');
+  expect(uri.vendor).toEqual({ 'vendor_a-1': 'x y' });
+  expect(uri.unknownQuery).toEqual({ vendor_b: '/' });
 });
 
 test('an unknown path attribute is kept apart (the backend matches nothing with it); an unknown query attribute is ignored', () => {
@@ -113,4 +153,8 @@ test('random URIs either parse or fail with a ConfigError (100,000 cases)', () =
     }),
     { numRuns: 100_000 },
   );
+});
+
+test('the config schema takes the scheme in any case', () => {
+  expect(pkcs11BackendSchema.parse({ type: 'pkcs11', uri: 'PKCS11:token=a?module-name=softhsm2' }).uri).toBe('PKCS11:token=a?module-name=softhsm2');
 });

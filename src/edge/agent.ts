@@ -230,7 +230,10 @@ export class EdgeAgent {
     const maxAge = this.options.keysRefreshMs ?? 2000;
     if (this.keys && Date.now() - this.keys.at < maxAge) return this.keys.list;
     if (!this.keysInFlight) {
-      this.keysInFlight = this.options.pool.listKeys().then(
+      // Right after the agent starts (nginx started just after it), give the pool a moment to connect.
+      const pool = this.options.pool;
+      const ready = pool.status().some((s) => s.open > 0) ? Promise.resolve() : pool.ready(1000).catch(() => undefined);
+      this.keysInFlight = ready.then(() => pool.listKeys()).then(
         (list) => {
           this.keys = { at: Date.now(), list };
           this.keysInFlight = undefined;

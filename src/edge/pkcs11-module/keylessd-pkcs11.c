@@ -575,16 +575,31 @@ static void reset_session(session_state *s) {
   memset(s, 0, sizeof *s);
 }
 
+/* Settings passed in C_Initialize's pReserved as a string, the way NSS modules take them and
+   libp11 passes its INIT_ARGS: `socket=/run/x.sock timeout_ms=1000` (space or ';' separated). */
+static void apply_init_string(const char *text) {
+  char copy[1024];
+  snprintf(copy, sizeof copy, "%s", text);
+  char *save = NULL;
+  for (char *tok = strtok_r(copy, " \t;", &save); tok; tok = strtok_r(NULL, " \t;", &save)) {
+    char *eq = strchr(tok, '=');
+    if (!eq) continue;
+    *eq = 0;
+    apply_setting(tok, eq + 1);
+  }
+}
+
 EXPORT CK_RV C_Initialize(CK_VOID_PTR pInitArgs) {
   pthread_once(&g_atfork_once, register_atfork);
+  const char *init_string = NULL;
   if (pInitArgs) {
     CK_C_INITIALIZE_ARGS *a = pInitArgs;
     int some = a->CreateMutex || a->DestroyMutex || a->LockMutex || a->UnlockMutex;
     int all = a->CreateMutex && a->DestroyMutex && a->LockMutex && a->UnlockMutex;
     if (some && !all) return CKR_ARGUMENTS_BAD;
-    if (a->pReserved) return CKR_ARGUMENTS_BAD;
     /* Callbacks or not, OS locking (pthreads) is used, which v2.40 allows with CKF_OS_LOCKING_OK
        and tolerates without it for a library that never calls the callbacks. */
+    init_string = a->pReserved;
   }
   lock();
   if (g_initialized && g_pid == getpid()) { unlock(); return CKR_CRYPTOKI_ALREADY_INITIALIZED; }
@@ -597,6 +612,7 @@ EXPORT CK_RV C_Initialize(CK_VOID_PTR pInitArgs) {
     return CKR_OK;
   }
   load_settings();
+  if (init_string) apply_init_string(init_string);
   g_initialized = 1;
   g_pid = getpid();
   unlock();

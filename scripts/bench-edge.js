@@ -173,6 +173,46 @@ async function main() {
       console.log(`round ${round + 1} ${t.key.padEnd(12)} ${t.via.padEnd(6)} ${rate.toFixed(0).padStart(6)} handshakes/s  p50 ${r.lat.at(-1).p50.toFixed(2)} ms  p99 ${r.lat.at(-1).p99.toFixed(2)} ms${failed ? `  (${failed} failed)` : ''}`);
     }
   }
+  // Where the added time goes: P-256 signs one at a time, directly through a client pool to
+  // keylessd, and through the agent's socket (what the module does).
+  const { encodeRequest, decodeResponse } = require(path.join(ROOT, 'dist/src/protocol/v1'));
+  const { KeylessPool } = require(path.join(ROOT, 'dist/src/client/pool'));
+  const digest = require('node:crypto').createHash('sha256').update('probe').digest();
+  const pct = (xs) => (xs.sort((a, b) => a - b), { p50: xs[Math.floor(xs.length / 2)], p99: xs[Math.ceil(xs.length * 0.99) - 1] });
+  const pool = new KeylessPool({ servers: [{ url: `wss://127.0.0.1:${v1}/v1`, servername: 'localhost' }], ca: fs.readFileSync(path.join(pki, 'ca.crt')), cert: fs.readFileSync(path.join(pki, 'client.crt')), key: fs.readFileSync(path.join(pki, 'client.key')) });
+  await pool.ready();
+  const direct = [];
+  for (let i = 0; i < 300; i++) {
+    const t0 = process.hrtime.bigint();
+    await pool.sign({ name: 'demo-p256' }, 'ECDSA_SHA256', { digest });
+    direct.push(Number(process.hrtime.bigint() - t0) / 1e6);
+  }
+  await pool.close();
+  const viaAgent = [];
+  const agentSocket = net.connect(socket);
+  let pendingFrame = Buffer.alloc(0);
+  let answer;
+  agentSocket.on('data', (d) => {
+    pendingFrame = Buffer.concat([pendingFrame, d]);
+    if (pendingFrame.length >= 4 && pendingFrame.length >= 4 + pendingFrame.readUInt32BE(0)) {
+      const frame = pendingFrame.subarray(4, 4 + pendingFrame.readUInt32BE(0));
+      pendingFrame = pendingFrame.subarray(4 + frame.length);
+      answer(decodeResponse(frame));
+    }
+  });
+  for (let i = 0; i < 300; i++) {
+    const body = encodeRequest({ id: i + 1, sign: { key: { name: 'demo-p256' }, algorithm: 9, digest } });
+    const header = Buffer.alloc(4);
+    header.writeUInt32BE(body.length);
+    const t0 = process.hrtime.bigint();
+    await new Promise((r) => ((answer = r), agentSocket.write(Buffer.concat([header, body]))));
+    viaAgent.push(Number(process.hrtime.bigint() - t0) / 1e6);
+  }
+  agentSocket.destroy();
+  const d = pct(direct);
+  const a = pct(viaAgent);
+  console.log(`\nP-256 sign, one at a time: client pool -> keylessd p50 ${d.p50.toFixed(2)} ms p99 ${d.p99.toFixed(2)} ms; agent socket -> agent -> keylessd p50 ${a.p50.toFixed(2)} ms p99 ${a.p99.toFixed(2)} ms`);
+
   const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
   console.log('\nkey           file hs/s  module hs/s  ratio  p50 file  p50 module  added p50  p99 file  p99 module  added p99');
   for (const key of ['demo-rsa2048', 'demo-p256']) {

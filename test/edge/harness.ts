@@ -162,6 +162,8 @@ export async function startAgent(pki: TestPki, urls: readonly string[], options:
     stop: async () => {
       if (child.exitCode === null) child.kill('SIGTERM');
       await exited;
+      child.stdout!.destroy();
+      child.stderr!.destroy();
     },
   };
 }
@@ -266,6 +268,9 @@ export async function startNginx(env: NodeJS.ProcessEnv, servers: ReadonlyArray<
     stop: async () => {
       if (child.exitCode === null) child.kill('SIGQUIT');
       await exited;
+      // Workers may still hold the pipes for a moment after the master exits.
+      child.stdout!.destroy();
+      child.stderr!.destroy();
     },
   };
 }

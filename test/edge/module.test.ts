@@ -20,6 +20,7 @@ const rsaKey = generateKey({ name: 'rsa', type: 'rsa', bits: 2048 });
 const ecKey = generateKey({ name: 'p256', type: 'ec', curve: 'P-256' });
 const p384Key = generateKey({ name: 'p384', type: 'ec', curve: 'P-384' });
 const edKey = generateKey({ name: 'ed', type: 'ed25519' });
+const lockedKey = generateKey({ name: 'locked', type: 'rsa', bits: 2048 });
 const TIMEOUT_MS = 1000;
 
 let pki: TestPki;
@@ -60,6 +61,7 @@ beforeAll(async () => {
     { name: 'p256', key: ecKey },
     { name: 'p384', key: p384Key },
     { name: 'ed', key: edKey },
+    { name: 'locked', key: lockedKey },
   ]);
   const port = await freePort();
   const config = join(pki.dir, 'keylessd.yaml');
@@ -109,7 +111,7 @@ test('one token, the RSA and EC keys as private and public objects; Ed25519 is n
   const all = p11.C_FindObjects(session, 100);
   p11.C_FindObjectsFinal(session);
   const labels = all.map((h) => p11.C_GetAttributeValue(session, h, [{ type: pkcs11js.CKA_LABEL }, { type: pkcs11js.CKA_CLASS }])).map((a) => `${a[0]!.value!.toString()}:${(a[1]!.value as Buffer).readUInt32LE(0)}`);
-  expect(labels.sort()).toEqual(['p256:2', 'p256:3', 'p384:2', 'p384:3', 'rsa:2', 'rsa:3']);
+  expect(labels.sort()).toEqual(['locked:2', 'locked:3', 'p256:2', 'p256:3', 'p384:2', 'p384:3', 'rsa:2', 'rsa:3']);
 });
 
 test('attributes are truthful: public parts from the key, private parts sensitive, CKA_ID the SKI', () => {
@@ -207,6 +209,17 @@ test('CKM_RSA_PKCS decrypt strips PKCS#1 v1.5 padding; a bad block is CKR_ENCRYP
   const oaep = { mechanism: pkcs11js.CKM_RSA_PKCS_OAEP, parameter: { hashAlg: pkcs11js.CKM_SHA256, mgf: pkcs11js.CKG_MGF1_SHA256, source: 1 /* CKZ_DATA_SPECIFIED */, type: pkcs11js.CK_PARAMS_RSA_OAEP } };
   p11.C_DecryptInit(session, oaep, rsa);
   expect(p11.C_Decrypt(session, publicEncrypt({ key: pub, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, secret), Buffer.alloc(256))).toEqual(secret);
+});
+
+test('a key without decryption: CKA_DECRYPT false, and keylessd refuses (CKR_KEY_FUNCTION_NOT_PERMITTED), the session goes on', () => {
+  const locked = findKey('locked');
+  expect(p11.C_GetAttributeValue(session, locked, [{ type: pkcs11js.CKA_DECRYPT }])[0]!.value).toEqual(Buffer.from([0]));
+  p11.C_DecryptInit(session, { mechanism: pkcs11js.CKM_RSA_PKCS }, locked);
+  const ciphertext = publicEncrypt({ key: createPublicKey(lockedKey), padding: constants.RSA_PKCS1_PADDING }, Buffer.from('secret'));
+  expect(code(() => p11.C_Decrypt(session, ciphertext, Buffer.alloc(256)))).toBe('CKR_KEY_FUNCTION_NOT_PERMITTED');
+  // The operation ended with the refusal: a new one can start.
+  p11.C_DecryptInit(session, { mechanism: pkcs11js.CKM_RSA_PKCS }, locked);
+  expect(code(() => p11.C_Decrypt(session, ciphertext, Buffer.alloc(256)))).toBe('CKR_KEY_FUNCTION_NOT_PERMITTED');
 });
 
 test('many signatures in flight from several sessions on the thread pool, all valid', async () => {

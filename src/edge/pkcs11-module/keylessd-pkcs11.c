@@ -397,7 +397,9 @@ static void give_back(int fd) {
 
 static void drop_all_connections(void) {
   pthread_mutex_lock(&g_conn_lock);
-  if (g_idle_pid == getpid()) for (int i = 0; i < g_nidle; i++) close(g_idle[i]);
+  /* In a forked child these are copies of the parent's descriptors: closing ours leaves the
+     parent's connections alone, and the child never shares a stream with its parent. */
+  for (int i = 0; i < g_nidle; i++) close(g_idle[i]);
   g_nidle = 0; g_idle_pid = getpid();
   pthread_mutex_unlock(&g_conn_lock);
 }
@@ -430,6 +432,7 @@ typedef struct {
   const unsigned char *data; size_t len; /* signature / plaintext / KeyList bytes */
   uint64_t error_code;
   unsigned char *frame;  /* owns the bytes above */
+  size_t frame_len;
 } response;
 
 static uint64_t new_id(void) {
@@ -463,6 +466,7 @@ static CK_RV call_agent(unsigned op_field, const buf *op, response *out) {
       uint32_t n = ((uint32_t)len4[0] << 24) | ((uint32_t)len4[1] << 16) | ((uint32_t)len4[2] << 8) | len4[3];
       if (n > MAX_FRAME) { close(fd); free(req.p); debug("the agent sent a frame of %u bytes", n); return CKR_DEVICE_ERROR; }
       out->frame = malloc(n ? n : 1);
+      out->frame_len = n;
       if (!out->frame) { close(fd); free(req.p); return CKR_HOST_MEMORY; }
       if (read_all(fd, out->frame, n, deadline) != 0) { close(fd); free(req.p); free(out->frame); out->frame = NULL; debug("no answer from the agent within %ld ms", g_timeout_ms); return CKR_DEVICE_ERROR; }
       free(req.p);
@@ -1222,7 +1226,7 @@ EXPORT CK_RV C_Decrypt(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedData, C
       plain_len = (long)resp.len;
       if (!plain) rv = CKR_HOST_MEMORY;
     }
-    if (resp.frame) { memset(resp.frame, 0, resp.len + (size_t)(resp.data - resp.frame)); }
+    if (resp.frame) memset(resp.frame, 0, resp.frame_len); /* the plaintext or raw block */
     response_free(&resp);
   }
   lock();

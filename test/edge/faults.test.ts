@@ -44,7 +44,7 @@ beforeAll(async () => {
   ports = [await freePort(), await freePort()];
   replicas = [await serve(0), await serve(1)];
   work = openDir('keylessd-edge-faults-');
-  agent = await startAgent(pki, urls(), { socketDir: work });
+  agent = await startAgent(pki, urls(), { socketDir: work, metricsPort: await freePort() });
   env = moduleEnv(agent.socket, work, TIMEOUT_MS);
   const ecCert = selfSigned(join(keyDir, 'edge-p256.pem'), join(work, 'p256.crt'));
   const rsaCert = selfSigned(join(keyDir, 'edge-rsa.pem'), join(work, 'rsa.crt'));
@@ -83,6 +83,7 @@ test('keylessd down: handshakes fail fast and nginx keeps running; back up: they
   // Bounded by the module's timeout (the agent answers BACKEND_UNAVAILABLE at once); a generous margin for a loaded machine.
   expect(failed.ms).toBeLessThan(TIMEOUT_MS + 3000);
   expect(nginx.process.exitCode).toBeNull();
+  await waitFor('the agent to report itself unhealthy', async () => (await fetch(`http://127.0.0.1:${agent.metricsPort}/healthz`)).status === 503);
   replicas = [await serve(0), await serve(1)];
   await waitFor('handshakes to succeed again once keylessd is back', async () => (await handshake(nginxPort, caFile, ecdsa)).ok, 20_000);
   expect((await handshake(nginxPort, caFile, rsaPss)).ok).toBe(true);
@@ -156,6 +157,16 @@ test('a key removed from keylessd and reloaded: its object disappears, the other
   });
   expect((await handshake(nginxPort, caFile, ecdsa)).ok).toBe(true);
   expect((await handshake(nginxPort, caFile, rsaPss)).ok).toBe(true);
+});
+
+test('nginx -s reload loads the keys again through the module; handshakes go on', async () => {
+  const pid = masterPid();
+  process.kill(pid, 'SIGHUP');
+  await waitFor('nginx to report the reconfiguration', () => /reconfiguring/.test(nginx.errorLog()));
+  await waitFor('handshakes after the reload', async () => (await handshake(nginxPort, caFile, ecdsa)).ok);
+  expect((await handshake(nginxPort, caFile, rsaPss)).ok).toBe(true);
+  expect(nginx.errorLog()).not.toMatch(/\[emerg\]/);
+  expect(masterPid()).toBe(pid);
 });
 
 test('garbage on the agent socket: that connection is closed, the agent keeps serving', async () => {

@@ -45,7 +45,7 @@ beforeAll(async () => {
   ]);
   // The RSA key that must decrypt (TLS 1.2 RSA key exchange) gets `decrypt: true`; the locked one does not.
   server = await startDaemon({ backends: [{ type: 'file', dir: keyDir }], keys: { 'edge-rsa': { decrypt: true } } }, pki);
-  agent = await startAgent(pki, [server.url]);
+  agent = await startAgent(pki, [server.url], { metricsPort: await freePort() });
   work = openDir('keylessd-edge-');
   env = moduleEnv(agent.socket, work);
   rsaCert = selfSigned(join(keyDir, 'edge-rsa.pem'), join(work, 'rsa.crt'));
@@ -179,4 +179,17 @@ test('openssl s_server -engine pkcs11 -keyform engine serves a handshake', async
     child.kill();
     await exited;
   }
+});
+
+test('the agent reports its health and counts what the module asked, by operation and result', async () => {
+  const health = await fetch(`http://127.0.0.1:${agent.metricsPort}/healthz`);
+  expect(health.status).toBe(200);
+  expect(await health.json()).toMatchObject({ ok: true, servers: [{ url: server.url, open: 2, setAside: false }], keys: 3 });
+  const metrics = await (await fetch(`http://127.0.0.1:${agent.metricsPort}/metrics`)).text();
+  expect(metrics).toMatch(/^keylessd_agent_requests_total\{op="sign",result="ok"\} [1-9]\d*$/m);
+  expect(metrics).toMatch(/^keylessd_agent_requests_total\{op="decrypt",result="FORBIDDEN"\} [1-9]\d*$/m);
+  expect(metrics).toMatch(/^keylessd_agent_requests_total\{op="listKeys",result="ok"\} [1-9]\d*$/m);
+  expect(metrics).toMatch(/^keylessd_agent_request_seconds_count\{op="sign"\} [1-9]\d*$/m);
+  // The refusal is in the agent's log with the key's name and the cause, and no secret.
+  expect(agent.log()).toMatch(/"op":"decrypt","key":"\\"edge-rsa-locked\\" \(SKI [0-9a-f]{40}\)","code":"FORBIDDEN"/);
 });

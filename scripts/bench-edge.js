@@ -1,0 +1,237 @@
+#!/usr/bin/env node
+// What the edge costs: full TLS handshakes per second through ONE nginx that serves the same
+// key two ways on two ports — from a local key file, and through the keylessd PKCS#11 module
+// (module -> agent -> keylessd) — RSA-2048 and P-256, phases interleaved, in one run. Also the
+// added latency per handshake (p50/p99 at 1 in flight). No resumption: every handshake is full.
+//
+//   npm run build && scripts/build-pkcs11-module.sh && node scripts/bench-edge.js [--seconds 5] [--concurrency 8] [--rounds 2]
+//
+// Throughput: N parallel `openssl s_time -new` clients; latency: this process, one handshake at a
+// time (Node's TLS client, which verifies nothing: the handshake cost is the server's).
+// Everything (nginx with 2 workers, keylessd, the agent and the load generators) shares the
+// machine's cores, as the targets in docs/benchmarks.md assume. Needs nginx-light,
+// libengine-pkcs11-openssl and openssl; run as root so nginx's workers switch to nobody.
+'use strict';
+const { execFileSync, spawn } = require('node:child_process');
+const fs = require('node:fs');
+const net = require('node:net');
+const os = require('node:os');
+const path = require('node:path');
+const tls = require('node:tls');
+const { parseArgs } = require('node:util');
+
+const ROOT = path.resolve(__dirname, '..');
+const MODULE = path.join(ROOT, 'build/pkcs11/libkeylessd-pkcs11.so');
+const ENGINE = '/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so';
+const { values } = parseArgs({ options: { seconds: { type: 'string', default: '5' }, concurrency: { type: 'string', default: '8' }, rounds: { type: 'string', default: '2' }, latency: { type: 'string', default: '400' } } });
+const seconds = Number(values.seconds);
+const concurrency = Number(values.concurrency);
+const rounds = Number(values.rounds);
+const latencySamples = Number(values.latency);
+
+if (!fs.existsSync(MODULE)) throw new Error(`${MODULE} is missing: run scripts/build-pkcs11-module.sh`);
+const children = [];
+process.on('exit', () => children.forEach((c) => c.exitCode === null && c.kill('SIGTERM')));
+process.on('SIGINT', () => process.exit(130));
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const freePort = () =>
+  new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+const canConnect = (opts) =>
+  new Promise((resolve) => {
+    const s = net.connect(opts);
+    s.once('connect', () => (s.destroy(), resolve(true)));
+    s.once('error', () => resolve(false));
+  });
+async function waitFor(what, check, ms = 20000) {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
+  }
+}
+function start(cmd, args, env = {}) {
+  const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr.on('data', (d) => (err += d));
+  child.on('exit', (code) => code && code !== 0 && process.stderr.write(`${cmd} exited ${code}: ${err}\n`));
+  children.push(child);
+  return child;
+}
+
+/** One full handshake; resolves with its duration in microseconds, or rejects. */
+function handshakeOnce(port, options) {
+  return new Promise((resolve, reject) => {
+    const t0 = process.hrtime.bigint();
+    const socket = tls.connect({ host: '127.0.0.1', port, servername: 'localhost', rejectUnauthorized: false, session: undefined, ...options }, () => {
+      const us = Number(process.hrtime.bigint() - t0) / 1000;
+      socket.destroy();
+      resolve(us);
+    });
+    socket.once('error', reject);
+  });
+}
+
+/** Full handshakes per second from `concurrency` parallel `openssl s_time -new` clients (C, so the load generator costs little CPU). */
+async function throughput(port) {
+  const runs = await Promise.all(
+    Array.from(
+      { length: concurrency },
+      () =>
+        new Promise((resolve) => {
+          const child = spawn('openssl', ['s_time', '-connect', `127.0.0.1:${port}`, '-new', '-time', String(seconds)], { env: { ...process.env, OPENSSL_CONF: '/dev/null' }, stdio: ['ignore', 'pipe', 'ignore'] });
+          let out = '';
+          child.stdout.on('data', (d) => (out = (out + d).slice(-4096)));
+          child.on('close', () => resolve(Number(/(\d+) connections in [\d.]+s;/.exec(out)?.[1] ?? 0)));
+        }),
+    ),
+  );
+  return { rate: runs.reduce((a, b) => a + b, 0) / seconds, failed: 0 };
+}
+
+async function latency(port, options) {
+  const samples = [];
+  for (let i = 0; i < latencySamples; i++) samples.push(await handshakeOnce(port, options));
+  samples.sort((a, b) => a - b);
+  const at = (f) => samples[Math.min(samples.length - 1, Math.ceil(samples.length * f) - 1)] / 1000;
+  return { p50: at(0.5), p99: at(0.99) };
+}
+
+async function main() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keylessd-bench-edge-'));
+  fs.chmodSync(dir, 0o755);
+  // keylessd's embedded default: a development PKI and demo keys (demo-rsa2048, demo-p256).
+  const state = path.join(dir, 'state');
+  const [v1, metrics] = [await freePort(), await freePort()];
+  start(process.execPath, [path.join(ROOT, 'dist/src/cli/keylessd.js'), '--state-dir', state, '--port', String(v1), '--metrics-port', String(metrics), '--log-level', 'warn']);
+  await waitFor('keylessd', () => canConnect({ port: v1, host: '127.0.0.1' }));
+  const pki = path.join(state, 'pki');
+  const socket = path.join(dir, 'agent.sock');
+  start(process.execPath, [path.join(ROOT, 'dist/src/cli/keylessd-agent.js'), '--server', `wss://127.0.0.1:${v1}/v1`, '--servername', 'localhost', '--ca', path.join(pki, 'ca.crt'), '--cert', path.join(pki, 'client.crt'), '--key', path.join(pki, 'client.key'), '--socket', socket, '--socket-mode', '666', '--log-level', 'warn']);
+  await waitFor('the agent', () => fs.existsSync(socket) && canConnect({ path: socket }));
+  await sleep(500);
+
+  // The local-file baseline needs the key where nginx's master can read it (root): a copy in the bench folder.
+  const keys = path.join(state, 'keys');
+  const conf = path.join(dir, 'openssl.cnf');
+  fs.writeFileSync(conf, `openssl_conf = openssl_init\n[openssl_init]\nengines = engine_section\n[engine_section]\npkcs11 = pkcs11_section\n[pkcs11_section]\nengine_id = pkcs11\ndynamic_path = ${ENGINE}\nMODULE_PATH = ${MODULE}\ninit = 1\n`);
+  const cert = (name) => {
+    const out = path.join(dir, `${name}.crt`);
+    execFileSync('openssl', ['req', '-x509', '-new', '-key', path.join(keys, `${name}.pem`), '-subj', '/CN=localhost', '-days', '2', '-out', out], { stdio: 'pipe', env: { ...process.env, OPENSSL_CONF: '/dev/null' } });
+    return out;
+  };
+  const targets = [];
+  for (const name of ['demo-rsa2048', 'demo-p256']) {
+    const crt = cert(name);
+    targets.push({ key: name, via: 'file', port: await freePort(), cert: crt, keyRef: path.join(keys, `${name}.pem`) });
+    targets.push({ key: name, via: 'module', port: await freePort(), cert: crt, keyRef: `"engine:pkcs11:pkcs11:token=keylessd;object=${name};type=private"` });
+  }
+  const prefix = path.join(dir, 'nginx');
+  fs.mkdirSync(path.join(prefix, 'logs'), { recursive: true });
+  const tmp = path.join(prefix, 'tmp');
+  fs.mkdirSync(tmp);
+  const isRoot = process.getuid && process.getuid() === 0;
+  fs.writeFileSync(
+    path.join(prefix, 'nginx.conf'),
+    [
+      isRoot ? 'user nobody nogroup;' : '',
+      'worker_processes 2;',
+      'daemon off;',
+      `pid ${path.join(prefix, 'nginx.pid')};`,
+      `error_log ${path.join(prefix, 'logs/error.log')} warn;`,
+      'events { worker_connections 4096; }',
+      'http {',
+      '  access_log off;',
+      `  client_body_temp_path ${tmp}; proxy_temp_path ${tmp}; fastcgi_temp_path ${tmp}; uwsgi_temp_path ${tmp}; scgi_temp_path ${tmp};`,
+      ...targets.map((t) => `  server { listen 127.0.0.1:${t.port} ssl; ssl_protocols TLSv1.3; ssl_session_cache off; ssl_session_tickets off; ssl_certificate ${t.cert}; ssl_certificate_key ${t.keyRef}; return 200 "ok\\n"; }`),
+      '}',
+      '',
+    ].join('\n'),
+  );
+  start('nginx', ['-p', prefix, '-c', path.join(prefix, 'nginx.conf')], { OPENSSL_CONF: conf, KEYLESSD_PKCS11_SOCKET: socket, KEYLESSD_PKCS11_CONF: path.join(dir, 'none.conf') });
+  for (const t of targets) await waitFor(`nginx on ${t.port}`, () => canConnect({ port: t.port, host: '127.0.0.1' }));
+
+  const cpus = os.cpus();
+  console.log(`bench-edge: ${cpus.length} x ${cpus[0].model}, node ${process.version}, ${require('node:child_process').spawnSync('nginx', ['-v'], { encoding: 'utf8' }).stderr.trim()}, load average ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}`);
+  console.log(`TLS 1.3 full handshakes, ${concurrency} openssl s_time -new clients in parallel, ${seconds} s per phase, ${rounds} round(s); latency: ${latencySamples} sequential handshakes\n`);
+  const results = {};
+  for (const t of targets) results[`${t.key}/${t.via}`] = { rates: [], failed: 0, lat: [] };
+  for (let round = 0; round < rounds; round++) {
+    for (const t of targets) {
+      const options = t.key === 'demo-p256' ? { sigalgs: 'ecdsa_secp256r1_sha256' } : { sigalgs: 'rsa_pss_rsae_sha256' };
+      await latency(t.port, options); // warm up
+      const r = results[`${t.key}/${t.via}`];
+      const { rate, failed } = await throughput(t.port);
+      r.rates.push(rate);
+      r.failed += failed;
+      r.lat.push(await latency(t.port, options));
+      console.log(`round ${round + 1} ${t.key.padEnd(12)} ${t.via.padEnd(6)} ${rate.toFixed(0).padStart(6)} handshakes/s  p50 ${r.lat.at(-1).p50.toFixed(2)} ms  p99 ${r.lat.at(-1).p99.toFixed(2)} ms${failed ? `  (${failed} failed)` : ''}`);
+    }
+  }
+  // Where the added time goes: P-256 signs one at a time, directly through a client pool to
+  // keylessd, and through the agent's socket (what the module does).
+  const { encodeRequest, decodeResponse } = require(path.join(ROOT, 'dist/src/protocol/v1'));
+  const { KeylessPool } = require(path.join(ROOT, 'dist/src/client/pool'));
+  const digest = require('node:crypto').createHash('sha256').update('probe').digest();
+  const pct = (xs) => (xs.sort((a, b) => a - b), { p50: xs[Math.floor(xs.length / 2)], p99: xs[Math.ceil(xs.length * 0.99) - 1] });
+  const pool = new KeylessPool({ servers: [{ url: `wss://127.0.0.1:${v1}/v1`, servername: 'localhost' }], ca: fs.readFileSync(path.join(pki, 'ca.crt')), cert: fs.readFileSync(path.join(pki, 'client.crt')), key: fs.readFileSync(path.join(pki, 'client.key')) });
+  await pool.ready();
+  const direct = [];
+  for (let i = 0; i < 300; i++) {
+    const t0 = process.hrtime.bigint();
+    await pool.sign({ name: 'demo-p256' }, 'ECDSA_SHA256', { digest });
+    direct.push(Number(process.hrtime.bigint() - t0) / 1e6);
+  }
+  await pool.close();
+  const viaAgent = [];
+  const agentSocket = net.connect(socket);
+  let pendingFrame = Buffer.alloc(0);
+  let answer;
+  agentSocket.on('data', (d) => {
+    pendingFrame = Buffer.concat([pendingFrame, d]);
+    if (pendingFrame.length >= 4 && pendingFrame.length >= 4 + pendingFrame.readUInt32BE(0)) {
+      const frame = pendingFrame.subarray(4, 4 + pendingFrame.readUInt32BE(0));
+      pendingFrame = pendingFrame.subarray(4 + frame.length);
+      answer(decodeResponse(frame));
+    }
+  });
+  for (let i = 0; i < 300; i++) {
+    const body = encodeRequest({ id: i + 1, sign: { key: { name: 'demo-p256' }, algorithm: 9, digest } });
+    const header = Buffer.alloc(4);
+    header.writeUInt32BE(body.length);
+    const t0 = process.hrtime.bigint();
+    await new Promise((r) => ((answer = r), agentSocket.write(Buffer.concat([header, body]))));
+    viaAgent.push(Number(process.hrtime.bigint() - t0) / 1e6);
+  }
+  agentSocket.destroy();
+  const d = pct(direct);
+  const a = pct(viaAgent);
+  console.log(`\nP-256 sign, one at a time: client pool -> keylessd p50 ${d.p50.toFixed(2)} ms p99 ${d.p99.toFixed(2)} ms; agent socket -> agent -> keylessd p50 ${a.p50.toFixed(2)} ms p99 ${a.p99.toFixed(2)} ms`);
+
+  const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  console.log('\nkey           file hs/s  module hs/s  ratio  p50 file  p50 module  added p50  p99 file  p99 module  added p99');
+  for (const key of ['demo-rsa2048', 'demo-p256']) {
+    const f = results[`${key}/file`];
+    const m = results[`${key}/module`];
+    const fp50 = mean(f.lat.map((l) => l.p50));
+    const mp50 = mean(m.lat.map((l) => l.p50));
+    const fp99 = mean(f.lat.map((l) => l.p99));
+    const mp99 = mean(m.lat.map((l) => l.p99));
+    console.log(
+      `${key.padEnd(12)} ${mean(f.rates).toFixed(0).padStart(10)} ${mean(m.rates).toFixed(0).padStart(12)} ${(mean(m.rates) / mean(f.rates)).toFixed(2).padStart(6)}` +
+        `  ${fp50.toFixed(2).padStart(8)} ${mp50.toFixed(2).padStart(11)} ${(mp50 - fp50).toFixed(2).padStart(10)}  ${fp99.toFixed(2).padStart(8)} ${mp99.toFixed(2).padStart(11)} ${(mp99 - fp99).toFixed(2).padStart(10)}` +
+        (f.failed + m.failed ? `  failed: ${f.failed}/${m.failed}` : ''),
+    );
+  }
+  process.exit(0);
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});

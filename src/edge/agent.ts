@@ -29,7 +29,7 @@ export const MAX_FRAME_BYTES = 64 * 1024;
  * `decrypt_allowed` field of the key list the agent sends it.
  */
 export function rawDecryptAllowed(info: KeyInfoMessage): boolean {
-  return !!info.decryptAllowed;
+  return !!info.rawDecryptAllowed;
 }
 
 /** The KeyInfo the module sees: as keylessd sent it, with `decrypt_allowed` meaning raw decryption. */

@@ -43,8 +43,8 @@ beforeAll(async () => {
     { name: 'edge-p256', key: ecKey },
     { name: 'edge-rsa-locked', key: lockedKey },
   ]);
-  // The RSA key that must decrypt (TLS 1.2 RSA key exchange) gets `decrypt: true`; the locked one does not.
-  server = await startDaemon({ backends: [{ type: 'file', dir: keyDir }], keys: { 'edge-rsa': { decrypt: true } } }, pki);
+  // The RSA key that must decrypt (TLS 1.2 RSA key exchange, raw RSA) gets `decrypt_raw: true`; the locked one does not.
+  server = await startDaemon({ backends: [{ type: 'file', dir: keyDir }], keys: { 'edge-rsa': { decrypt_raw: true } } }, pki);
   agent = await startAgent(pki, [server.url], { metricsPort: await freePort() });
   work = openDir('keylessd-edge-');
   env = moduleEnv(agent.socket, work);
@@ -134,10 +134,9 @@ test('TLS 1.2 plain RSA key exchange fails in nginx (OpenSSL 3 engine keys lack 
   const refused = await run('openssl', ['pkeyutl', '-engine', 'pkcs11', '-keyform', 'engine', '-inkey', uri('edge-rsa-locked'), '-decrypt', '-in', join(work, 'locked.enc')], { env });
   expect(refused.code).toBe(1); // refused, not crashed
   expect(refused.stdout).not.toContain('premaster');
-  // `decrypt`, or `decrypt_raw` once raw decryption is its own policy operation.
-  const denial = await waitFor('the audited decrypt denial', () => auditRecords().find((r) => String(r.operation).startsWith('decrypt') && r.key?.name === 'edge-rsa-locked'));
+  const denial = await waitFor('the audited decrypt denial', () => auditRecords().find((r) => r.operation === 'decrypt_raw' && r.key?.name === 'edge-rsa-locked'));
   expect(denial).toMatchObject({ result: 'FORBIDDEN', client: expect.objectContaining({ subject: expect.stringContaining('CN=edge agent nginx-1') }) });
-  expect(auditRecords()).toContainEqual(expect.objectContaining({ operation: expect.stringMatching(/^decrypt/), result: 'ok', key: expect.objectContaining({ name: 'edge-rsa' }) }));
+  expect(auditRecords()).toContainEqual(expect.objectContaining({ operation: 'decrypt_raw', result: 'ok', key: expect.objectContaining({ name: 'edge-rsa' }) }));
 });
 
 test('pkcs11-tool lists the objects truthfully, signs (verified with the public key) and passes --test', async () => {

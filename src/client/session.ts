@@ -1,5 +1,7 @@
 import { EventEmitter } from 'node:events';
-import { WebSocket } from 'ws';
+import { isIP } from 'node:net';
+import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
+import { WebSocket, type ClientOptions } from 'ws';
 import type { DecryptPadding, SignatureAlgorithm } from '../crypto/algorithms';
 import type { keyless } from '../gen/keyless';
 import type { KeyRef } from '../keys/registry';
@@ -54,6 +56,7 @@ export class KeylessSession extends EventEmitter {
 
   private constructor(
     private readonly ws: WebSocket,
+    private readonly tls: TLSSocket,
     private readonly requestTimeoutMs: number,
   ) {
     super();
@@ -67,7 +70,17 @@ export class KeylessSession extends EventEmitter {
 
   static connect(options: SessionOptions): Promise<KeylessSession> {
     return new Promise((resolve, reject) => {
+      let socket: TLSSocket | undefined;
+      // Our own connect function (a public ws option) hands us the TLS socket, so tickets can be
+      // caught from the first byte and resumption checked, without reaching into ws's fields.
+      const connectTls = (connectOptions: ConnectionOptions): TLSSocket => {
+        const host = connectOptions.host ?? 'localhost';
+        socket = tlsConnect({ ...connectOptions, path: undefined, servername: connectOptions.servername ?? (isIP(host) ? '' : host) });
+        if (options.onTlsSession) socket.on('session', options.onTlsSession);
+        return socket;
+      };
       const ws = new WebSocket(options.url, SUBPROTOCOL, {
+        createConnection: connectTls as unknown as ClientOptions['createConnection'],
         ca: options.ca,
         cert: options.cert,
         key: options.key,
@@ -77,11 +90,6 @@ export class KeylessSession extends EventEmitter {
         handshakeTimeout: options.connectTimeoutMs ?? 10_000,
         maxPayload: 16 * 1024 * 1024,
       });
-      if (options.onTlsSession) {
-        // Tickets can arrive before the upgrade completes, so listen from the first byte.
-        const request = (ws as unknown as { _req: import('node:http').ClientRequest })._req;
-        request.once('socket', (socket) => socket.on('session', options.onTlsSession!));
-      }
       const fail = (err: NodeJS.ErrnoException) => {
         ws.removeAllListeners();
         ws.on('error', () => {});
@@ -93,7 +101,7 @@ export class KeylessSession extends EventEmitter {
       ws.once('close', (code, reason) => fail(Object.assign(new Error(`connection closed before the session opened (${code} ${reason.toString()})`), { code: 'ECONNRESET' })));
       ws.once('open', () => {
         ws.removeAllListeners();
-        resolve(new KeylessSession(ws, options.requestTimeoutMs ?? 30_000));
+        resolve(new KeylessSession(ws, socket!, options.requestTimeoutMs ?? 30_000));
       });
     });
   }
@@ -146,10 +154,6 @@ export class KeylessSession extends EventEmitter {
   /** Whether this session's TLS connection resumed an earlier one. */
   get resumed(): boolean {
     return this.tls.isSessionReused();
-  }
-
-  private get tls(): import('node:tls').TLSSocket {
-    return (this.ws as unknown as { _socket: import('node:tls').TLSSocket })._socket;
   }
 
   /** Drops the connection without a closing handshake (it is presumed dead). */

@@ -8,6 +8,7 @@ import { TimeoutError } from '../../src/errors';
 import { makeTestPki, type TestPki } from '../helpers/pki';
 import { freePort } from '../helpers/ports';
 import { startDaemon, writeKeyDir, type RunningDaemon } from '../helpers/daemon';
+import { until } from '../helpers/until';
 
 const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
 const message = Buffer.from('pool');
@@ -31,7 +32,7 @@ test('with one of two servers down, every request is served by the other and the
   await client.ready();
   const signatures = await Promise.all(Array.from({ length: 200 }, () => client.sign({ name: 'k' }, 'ECDSA_SHA256', { message })));
   expect(signatures.every(ok)).toBe(true);
-  while (!client.status()[0]!.setAside) await new Promise((r) => setTimeout(r, 20));
+  await until(() => client.status()[0]!.setAside, 30_000, 'the failing server to be set aside');
   expect(client.status()).toEqual([
     { url: down, open: 0, setAside: true },
     { url: up.url, open: 2, setAside: false },
@@ -46,19 +47,19 @@ test('a server restarted under load: requests fail over to the other server, and
   const second = await serve();
   const client = pool([first.url, second.url], { setAsideMs: 300 });
   await client.ready();
-  while (client.status().some((s) => s.open < 2)) await new Promise((r) => setTimeout(r, 20));
+  await until(() => client.status().every((s) => s.open >= 2), 30_000, 'two open sessions to every server');
   let stop = false;
   const failures: unknown[] = [];
   let served = 0;
   const load = Array.from({ length: 8 }, async () => {
     while (!stop) await client.sign({ name: 'k' }, 'ECDSA_SHA256', { message }).then((s) => (ok(s) ? served++ : failures.push('bad signature')), (e) => failures.push(e));
   });
-  while (served < 200) await new Promise((r) => setTimeout(r, 5));
+  await until(() => served >= 200, 30_000, '200 requests served');
   await first.stop();
   const duringRestart = served;
-  while (served < duringRestart + 200) await new Promise((r) => setTimeout(r, 5));
+  await until(() => served >= duringRestart + 200, 30_000, '200 more requests served across the restart');
   first = await serve(port);
-  while (client.status()[0]!.open < 2) await new Promise((r) => setTimeout(r, 20));
+  await until(() => client.status()[0]!.open >= 2, 30_000, 'the restarted server to have two sessions again');
   stop = true;
   await Promise.all(load);
   expect(failures).toEqual([]);
@@ -76,8 +77,8 @@ test('a reconnect resumes the TLS session instead of a full handshake', async ()
   expect(firstSession.resumed).toBe(false);
   await client.ping(Buffer.from('x')); // a round trip, so the TLS 1.3 ticket has arrived
   firstSession.abort();
-  while (!slots[0] || slots[0] === firstSession || !slots[0].isOpen) await new Promise((r) => setTimeout(r, 10));
-  expect(slots[0].resumed).toBe(true);
+  await until(() => slots[0] !== undefined && slots[0] !== firstSession && slots[0].isOpen, 30_000, 'a new session to replace the closed one');
+  expect(slots[0]!.resumed).toBe(true);
   await client.close();
   await server.stop();
 });

@@ -1,6 +1,7 @@
 import { createPublicKey, generateKeyPairSync, verify } from 'node:crypto';
 import { startDaemon, writeKeyDir, type RunningDaemon } from '../helpers/daemon';
 import { FaultSwitch } from '../helpers/faulty-backend';
+import { until } from '../helpers/until';
 
 const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
 const message = Buffer.from('fault injection');
@@ -29,7 +30,7 @@ test('a hung backend: requests answer TIMEOUT, hung work is bounded, and it reco
   expect(faults.hungCalls).toBe(8);
   faults.mode = 'ok';
   faults.release();
-  while (faults.hungCalls > 0 || dispatcher().inflight > 0) await new Promise((r) => setTimeout(r, 10));
+  await until(() => faults.hungCalls === 0 && dispatcher().inflight === 0, 30_000, 'hung calls and in-flight requests to drain');
   const signature = await retryUntilServed(() => session.sign({ name: 'k' }, 'ECDSA_SHA256', { message }));
   expect(verify('sha256', message, createPublicKey(key), signature)).toBe(true);
   await session.close();
@@ -56,13 +57,13 @@ test('a client that disconnects with requests in flight leaves no work or sessio
   const session = await server.connect();
   faults.mode = 'hang';
   const pending = Array.from({ length: 6 }, () => session.sign({ name: 'k' }, 'ECDSA_SHA256', { message }).catch((e) => e));
-  while (faults.hungCalls < 6) await new Promise((r) => setTimeout(r, 5));
+  await until(() => faults.hungCalls >= 6, 30_000, 'six calls to hang in the backend');
   (session as unknown as { ws: { terminate(): void } }).ws.terminate();
   await Promise.all(pending);
   faults.mode = 'ok';
   faults.release();
   const v1 = (server.daemon as unknown as { v1: { sessionCount: number } }).v1;
-  while (v1.sessionCount > 0 || dispatcher().inflight > 0) await new Promise((r) => setTimeout(r, 10));
+  await until(() => v1.sessionCount === 0 && dispatcher().inflight === 0, 30_000, 'the disconnected session and its requests to be gone');
   expect(dispatcher().inflight).toBe(0);
   expect(v1.sessionCount).toBe(0);
 });

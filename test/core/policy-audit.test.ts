@@ -1,10 +1,11 @@
-import { generateKeyPairSync } from 'node:crypto';
+import { createPublicKey, generateKeyPairSync, verify } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { verifyAuditFiles } from '../../src/audit/verify';
 import { issueCertificate, type CertificateAndKey } from '../../src/pki/certificates';
 import { startDaemon, writeKeyDir, type RunningDaemon } from '../helpers/daemon';
+import { until } from '../helpers/until';
 
 const message = Buffer.from('policy');
 let server: RunningDaemon;
@@ -115,6 +116,13 @@ describe('an audit log that cannot be written', () => {
   test('keeps serving when on_failure is continue', async () => {
     const lenient = await withLostAuditFolder('continue');
     const session = await lenient.connect();
+    const key = lenient.daemon.registry.find({ name: 'k' })!.handle.publicKey;
+    // Served and correct although the record cannot be written…
+    const signature = await session.sign({ name: 'k' }, 'ED25519', { message });
+    expect(verify(null, message, createPublicKey({ key: key.spki, format: 'der', type: 'spki' }), signature)).toBe(true);
+    // …and the loss is visible: counted, and the audit readiness check fails.
+    await until(async () => /^keyless_audit_write_failures_total [1-9]\d*$/m.test(await metricsText(lenient)), 10_000, 'the failed audit write to be counted');
+    expect((await fetch(`http://127.0.0.1:${lenient.addresses.metrics!.port}/readyz`)).status).toBe(503);
     await session.sign({ name: 'k' }, 'ED25519', { message });
     await session.close();
     await lenient.stop();
@@ -129,7 +137,7 @@ test('a shutdown under load loses no answered request: every answered operation 
   const session = await draining.connect();
   let answered = 0;
   const calls = Array.from({ length: 500 }, () => session.sign({ name: 'k' }, 'ECDSA_SHA256', { message }).then(() => answered++, () => {}));
-  while (answered < 50) await new Promise((r) => setTimeout(r, 1));
+  await until(() => answered >= 50, 30_000, '50 requests answered before the shutdown');
   await draining.stop();
   await Promise.all(calls);
   expect(answered).toBeGreaterThan(0);

@@ -73,7 +73,7 @@ beforeAll(async () => {
       tls: { cert: pki.files.serverCert, key: pki.files.serverKey, client_ca: pki.files.caCert },
       audit: { path: join(pki.dir, 'audit.log') },
       backends: [{ type: 'file', dir: keyDir }],
-      keys: { rsa: { decrypt_raw: true } },
+      keys: { rsa: { decrypt: true, decrypt_raw: true } },
     }),
   );
   keylessd = spawn(process.execPath, [join(ROOT, 'dist/src/cli/keylessd.js'), '--config', config, '--log-level', 'warn'], { stdio: 'ignore' });

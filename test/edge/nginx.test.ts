@@ -43,8 +43,8 @@ beforeAll(async () => {
     { name: 'edge-p256', key: ecKey },
     { name: 'edge-rsa-locked', key: lockedKey },
   ]);
-  // The RSA key that must decrypt (TLS 1.2 RSA key exchange, raw RSA) gets `decrypt_raw: true`; the locked one does not.
-  server = await startDaemon({ backends: [{ type: 'file', dir: keyDir }], keys: { 'edge-rsa': { decrypt_raw: true } } }, pki);
+  // The RSA key that must decrypt (TLS 1.2 RSA key exchange: raw RSA; pkcs11-tool --test: OAEP) gets both; the locked one neither.
+  server = await startDaemon({ backends: [{ type: 'file', dir: keyDir }], keys: { 'edge-rsa': { decrypt: true, decrypt_raw: true } } }, pki);
   agent = await startAgent(pki, [server.url], { metricsPort: await freePort() });
   work = openDir('keylessd-edge-');
   env = moduleEnv(agent.socket, work);

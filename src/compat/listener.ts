@@ -63,8 +63,12 @@ export class CompatListener {
     return new Promise((resolve) => this.server.close(() => resolve()));
   }
 
-  closeSessions(): void {
-    for (const socket of this.sockets) socket.end();
+  /** Ends every connection; one whose client does not close its side in time is cut off. */
+  closeSessions(graceMs = 2000): void {
+    for (const socket of this.sockets) {
+      socket.end();
+      setTimeout(() => socket.destroy(), graceMs).unref();
+    }
   }
 
   private serve(socket: TLSSocket): void {

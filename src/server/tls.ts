@@ -117,5 +117,19 @@ export function guardTlsServer(server: Server, listener: ListenerName, maxSessio
     metrics.handshakeFailures.inc({ listener, reason });
     logger.info({ listener, peer: `${socket.remoteAddress}:${socket.remotePort}`, reason, error: String(socket.authorizationError ?? err.code ?? err.message) }, 'TLS handshake failed');
   });
-  server.on('secureConnection', (socket: TLSSocket) => socket.disableRenegotiation());
+  server.on('secureConnection', (socket: TLSSocket) => {
+    socket.disableRenegotiation();
+    // Node reports a client's renegotiation attempt only as an 'error' on the socket and
+    // lets the handshake go on; the HTTPS server behind keyless.v1 closes a socket on any
+    // error, the compat port's plain TLS server does not. End the connection here, on
+    // every listener, before the server does any work for the new handshake.
+    let refused = false;
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      if (refused || (err.code !== 'ERR_TLS_RENEGOTIATION_DISABLED' && err.code !== 'ERR_TLS_SESSION_ATTACK')) return;
+      refused = true;
+      metrics.protocolErrors.inc({ listener, kind: 'renegotiation' });
+      logger.warn({ listener, peer: `${socket.remoteAddress}:${socket.remotePort}` }, 'closing a connection that tried to renegotiate TLS');
+      socket.destroy();
+    });
+  });
 }

@@ -7,7 +7,7 @@ import type { Logger } from '../log';
 import type { Metrics } from '../metrics/metrics';
 import type { Dispatcher } from '../server/dispatcher';
 import { sessionFor, type SessionInfo } from '../server/session-info';
-import { guardTlsServer } from '../server/tls';
+import { connectionLimits, guardTlsServer } from '../server/tls';
 import { CompatFormatError, ErrorByte, FrameReader, Tag, decodeFrame, encodeFrame } from './codec';
 import { ERROR_BYTE, Opcode, interpretFrame, type CompatRequest } from './request';
 
@@ -18,6 +18,9 @@ export interface CompatListenerOptions {
   readonly port: number;
   readonly tls: TlsOptions;
   readonly maxSessions: number;
+  /** Connections in the TLS handshake, in total and per source address (limits.max_pending_handshakes*). */
+  readonly maxPendingHandshakes?: number;
+  readonly maxPendingHandshakesPerAddress?: number;
   readonly maxSendBufferBytes: number;
 }
 
@@ -45,7 +48,7 @@ export class CompatListener {
     private readonly logger: Logger,
   ) {
     this.server = createServer(options.tls, (socket) => this.serve(socket));
-    guardTlsServer(this.server, LISTENER, options.maxSessions, metrics, logger);
+    guardTlsServer(this.server, LISTENER, connectionLimits(options), metrics, logger);
   }
 
   async start(): Promise<AddressInfo> {

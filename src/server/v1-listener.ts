@@ -7,7 +7,7 @@ import type { Logger } from '../log';
 import type { Metrics } from '../metrics/metrics';
 import type { Dispatcher } from './dispatcher';
 import { sessionFor } from './session-info';
-import { guardTlsServer } from './tls';
+import { connectionLimits, guardTlsServer } from './tls';
 import { CloseCode, V1Session } from './v1-session';
 
 export const SUBPROTOCOL = 'keyless.v1';
@@ -20,6 +20,9 @@ export interface V1ListenerOptions {
   readonly tls: TlsOptions;
   readonly maxFrameBytes: number;
   readonly maxSessions: number;
+  /** Connections in the TLS handshake, in total and per source address (limits.max_pending_handshakes*). */
+  readonly maxPendingHandshakes?: number;
+  readonly maxPendingHandshakesPerAddress?: number;
   readonly maxSendBufferBytes: number;
   readonly pingIntervalMs: number;
 }
@@ -45,7 +48,7 @@ export class V1Listener {
     this.server = createServer(options.tls, (_req, res) => {
       res.writeHead(426, { 'content-type': 'text/plain', upgrade: 'websocket' }).end(`keyless.v1 is spoken over a WebSocket on ${options.path}\n`);
     });
-    guardTlsServer(this.server, LISTENER, options.maxSessions, metrics, logger);
+    guardTlsServer(this.server, LISTENER, connectionLimits(options), metrics, logger);
     this.wss = new WebSocketServer({ noServer: true, maxPayload: options.maxFrameBytes, perMessageDeflate: false, clientTracking: false });
     this.server.on('upgrade', (req, socket: Socket, head) => {
       const offered = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim());

@@ -8,6 +8,7 @@ import type { Metrics } from '../metrics/metrics';
 import type { Dispatcher } from '../server/dispatcher';
 import { sessionFor, type SessionInfo } from '../server/session-info';
 import { connectionLimits, guardTlsServer } from '../server/tls';
+import type { LogLimiter } from '../util/log-limiter';
 import { CompatFormatError, ErrorByte, FrameReader, Tag, decodeFrame, encodeFrame } from './codec';
 import { ERROR_BYTE, Opcode, interpretFrame, type CompatRequest } from './request';
 
@@ -40,6 +41,7 @@ export class CompatListener {
   private readonly server: Server;
   private readonly sockets = new Set<TLSSocket>();
   private draining = false;
+  private readonly logs: LogLimiter;
 
   constructor(
     private readonly options: CompatListenerOptions,
@@ -48,7 +50,7 @@ export class CompatListener {
     private readonly logger: Logger,
   ) {
     this.server = createServer(options.tls, (socket) => this.serve(socket));
-    guardTlsServer(this.server, LISTENER, connectionLimits(options), metrics, logger);
+    this.logs = guardTlsServer(this.server, LISTENER, connectionLimits(options), metrics, logger);
   }
 
   async start(): Promise<AddressInfo> {
@@ -63,7 +65,12 @@ export class CompatListener {
   stopAccepting(): Promise<void> {
     this.draining = true;
     for (const socket of this.sockets) socket.pause();
-    return new Promise((resolve) => this.server.close(() => resolve()));
+    return new Promise((resolve) =>
+      this.server.close(() => {
+        this.logs.stop();
+        resolve();
+      }),
+    );
   }
 
   /** Ends every connection; one whose client does not close its side in time is cut off. */
@@ -115,7 +122,7 @@ export class CompatListener {
     } catch (err) {
       const failure = err instanceof CompatFormatError ? err : new CompatFormatError(bytes.readUInt32BE(4), ErrorByte.format, (err as Error).message);
       this.metrics.protocolErrors.inc({ listener: LISTENER, kind: 'format' });
-      this.logger.debug({ session: session.id, error: failure.message }, 'refusing a malformed compat request');
+      this.logs.log('debug', `protocol_error/${LISTENER}/format`, { session: session.id, error: failure.message }, 'refusing a malformed compat request');
       return response(failure.id, Opcode.error, Buffer.from([failure.errorByte]));
     }
     const { operation, id } = request;

@@ -6,6 +6,7 @@ import type { Logger } from '../log';
 import type { Metrics } from '../metrics/metrics';
 import type { ListenerName } from './session-info';
 import { ConfigError } from '../errors';
+import { LogLimiter } from '../util/log-limiter';
 
 /** TLS 1.2 suites allowed where 1.2 is enabled: forward secret (ECDHE) and AEAD only. */
 export const TLS12_CIPHERS = [
@@ -154,7 +155,9 @@ const rawSocketOf = (socket: TLSSocket): Socket | undefined => (socket as TLSSoc
  * connections from one address holds at most its per-address share of handshake slots
  * (each for at most the handshake timeout) and cannot keep edges from other addresses out.
  */
-export function guardTlsServer(server: Server, listener: ListenerName, limits: ConnectionLimits, metrics: Metrics, logger: Logger): void {
+export function guardTlsServer(server: Server, listener: ListenerName, limits: ConnectionLimits, metrics: Metrics, logger: Logger): LogLimiter {
+  // Strangers cause these log lines at will: a bounded number per interval, then a count.
+  const logs = new LogLimiter(logger);
   const peers = new WeakMap<Socket, Peer>();
   const pendingByAddress = new Map<string, number>();
   let pending = 0;
@@ -162,8 +165,12 @@ export function guardTlsServer(server: Server, listener: ListenerName, limits: C
   const pendingGauge = metrics.handshakesPending.labels({ listener });
   pendingGauge.set(0);
 
-  const refuse = (raw: Socket, reason: string) => {
+  const counted = (reason: string, address: string | undefined, port: number | undefined) => {
     metrics.connectionsRefused.inc({ listener, reason });
+    logs.log('warn', `connection_refused/${listener}/${reason}`, { listener, peer: `${address}:${port}`, reason }, 'connection refused before the TLS handshake');
+  };
+  const refuse = (raw: Socket, reason: string) => {
+    counted(reason, raw.remoteAddress, raw.remotePort);
     raw.on('error', () => {});
     raw.resetAndDestroy();
   };
@@ -196,11 +203,11 @@ export function guardTlsServer(server: Server, listener: ListenerName, limits: C
     if (!handle || typeof accept !== 'function') return;
     handle.onconnection = function (this: unknown, err: number, client?: RawHandle) {
       if (!err && client && typeof client.getpeername === 'function') {
-        const peer: { address?: string } = {};
+        const peer: { address?: string; port?: number } = {};
         client.getpeername(peer);
         const reason = peer.address === undefined ? undefined : refusal(peer.address);
         if (reason) {
-          metrics.connectionsRefused.inc({ listener, reason });
+          counted(reason, peer.address, peer.port);
           if (typeof client.reset === 'function') client.reset();
           else client.close();
           return;
@@ -232,7 +239,11 @@ export function guardTlsServer(server: Server, listener: ListenerName, limits: C
   server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => {
     const reason = handshakeFailureReason(err, socket.authorizationError);
     metrics.handshakeFailures.inc({ listener, reason });
-    logger.info({ listener, peer: `${socket.remoteAddress}:${socket.remotePort}`, reason, error: String(socket.authorizationError ?? err.code ?? err.message) }, 'TLS handshake failed');
+    // By now Node has destroyed the socket and forgotten its address: use the one read on connect.
+    const raw = rawSocketOf(socket);
+    const peer = raw && peers.get(raw);
+    const from = peer ? `${peer.address}:${peer.port}` : `${socket.remoteAddress}:${socket.remotePort}`;
+    logs.log('info', `handshake_failed/${listener}`, { listener, peer: from, reason, error: String(socket.authorizationError ?? err.code ?? err.message) }, 'TLS handshake failed');
   });
   // First, so a connection over max_sessions is gone before the listener sees it.
   server.prependListener('secureConnection', (socket: TLSSocket) => {
@@ -241,7 +252,7 @@ export function guardTlsServer(server: Server, listener: ListenerName, limits: C
     if (peer) settle(peer);
     if (established >= limits.maxSessions) {
       // Handshakes that finish together can overshoot the check made when they connected.
-      metrics.connectionsRefused.inc({ listener, reason: 'max_sessions' });
+      counted('max_sessions', peer?.address, peer?.port);
       socket.destroy();
       return;
     }
@@ -261,8 +272,9 @@ export function guardTlsServer(server: Server, listener: ListenerName, limits: C
       if (refused || (err.code !== 'ERR_TLS_RENEGOTIATION_DISABLED' && err.code !== 'ERR_TLS_SESSION_ATTACK')) return;
       refused = true;
       metrics.protocolErrors.inc({ listener, kind: 'renegotiation' });
-      logger.warn({ listener, peer: `${socket.remoteAddress}:${socket.remotePort}` }, 'closing a connection that tried to renegotiate TLS');
+      logs.log('warn', `renegotiation/${listener}`, { listener, peer: `${socket.remoteAddress}:${socket.remotePort}` }, 'closing a connection that tried to renegotiate TLS');
       socket.destroy();
     });
   });
+  return logs;
 }

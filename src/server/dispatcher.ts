@@ -17,7 +17,7 @@ import type { Logger } from '../log';
 import type { Metrics } from '../metrics/metrics';
 import type { Membership, Operation, Policy } from '../policy/policy';
 import { withTimeout } from '../util/timeout';
-import { FairScheduler } from './fair-scheduler';
+import { FairScheduler, callCost } from './fair-scheduler';
 import type { RequestFacts, SessionInfo } from './session-info';
 
 export type SignInput = { readonly digest: Buffer } | { readonly message: Buffer };
@@ -184,7 +184,8 @@ export class Dispatcher {
     if (!store.healthy()) throw new BackendUnavailableError(`backend ${store.name} is down; retry on another server`);
     const running = this.outstanding.get(store) ?? 0;
     if (running >= this.state().maxInflightTotal) throw new BackendUnavailableError(`backend ${store.name} has ${running} calls that have not returned; retry on another server`);
-    const hung = this.scheduler.stalled(store);
+    const cost = callCost(store, key.handle.publicKey.type);
+    const hung = this.scheduler.stalled(store, cost);
     if (hung !== undefined) throw new BackendUnavailableError(`backend ${store.name} has ${hung} calls past their deadline that have not returned; retry on another server`);
     const what = `${operation} with key ${key.handle.name} on backend ${store.name}`;
     const call = this.scheduler.run(store, session, store.timeoutMs, what, () => {
@@ -194,7 +195,7 @@ export class Dispatcher {
         this.outstanding.set(store, this.outstanding.get(store)! - 1);
         this.metrics.recordBackendCall(store.name, operation, Number(process.hrtime.bigint() - started) / 1e9);
       });
-    });
+    }, cost);
     return withTimeout(call, store.timeoutMs, what);
   }
 

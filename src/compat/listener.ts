@@ -7,7 +7,8 @@ import type { Logger } from '../log';
 import type { Metrics } from '../metrics/metrics';
 import type { Dispatcher } from '../server/dispatcher';
 import { sessionFor, type SessionInfo } from '../server/session-info';
-import { guardTlsServer } from '../server/tls';
+import { connectionLimits, guardTlsServer } from '../server/tls';
+import type { LogLimiter } from '../util/log-limiter';
 import { CompatFormatError, ErrorByte, FrameReader, Tag, decodeFrame, encodeFrame } from './codec';
 import { ERROR_BYTE, Opcode, interpretFrame, type CompatRequest } from './request';
 
@@ -18,6 +19,9 @@ export interface CompatListenerOptions {
   readonly port: number;
   readonly tls: TlsOptions;
   readonly maxSessions: number;
+  /** Connections in the TLS handshake, in total and per source address (limits.max_pending_handshakes*). */
+  readonly maxPendingHandshakes?: number;
+  readonly maxPendingHandshakesPerAddress?: number;
   readonly maxSendBufferBytes: number;
 }
 
@@ -37,6 +41,7 @@ export class CompatListener {
   private readonly server: Server;
   private readonly sockets = new Set<TLSSocket>();
   private draining = false;
+  private readonly logs: LogLimiter;
 
   constructor(
     private readonly options: CompatListenerOptions,
@@ -45,7 +50,7 @@ export class CompatListener {
     private readonly logger: Logger,
   ) {
     this.server = createServer(options.tls, (socket) => this.serve(socket));
-    guardTlsServer(this.server, LISTENER, options.maxSessions, metrics, logger);
+    this.logs = guardTlsServer(this.server, LISTENER, connectionLimits(options), metrics, logger);
   }
 
   async start(): Promise<AddressInfo> {
@@ -60,11 +65,20 @@ export class CompatListener {
   stopAccepting(): Promise<void> {
     this.draining = true;
     for (const socket of this.sockets) socket.pause();
-    return new Promise((resolve) => this.server.close(() => resolve()));
+    return new Promise((resolve) =>
+      this.server.close(() => {
+        this.logs.stop();
+        resolve();
+      }),
+    );
   }
 
-  closeSessions(): void {
-    for (const socket of this.sockets) socket.end();
+  /** Ends every connection; one whose client does not close its side in time is cut off. */
+  closeSessions(graceMs = 2000): void {
+    for (const socket of this.sockets) {
+      socket.end();
+      setTimeout(() => socket.destroy(), graceMs).unref();
+    }
   }
 
   private serve(socket: TLSSocket): void {
@@ -118,7 +132,7 @@ export class CompatListener {
     } catch (err) {
       const failure = err instanceof CompatFormatError ? err : new CompatFormatError(bytes.readUInt32BE(4), ErrorByte.format, (err as Error).message);
       this.metrics.protocolErrors.inc({ listener: LISTENER, kind: 'format' });
-      this.logger.debug({ session: session.id, error: failure.message }, 'refusing a malformed compat request');
+      this.logs.log('debug', `protocol_error/${LISTENER}/format`, { session: session.id, error: failure.message }, 'refusing a malformed compat request');
       return response(failure.id, Opcode.error, Buffer.from([failure.errorByte]));
     }
     const { operation, id } = request;

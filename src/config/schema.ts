@@ -41,7 +41,7 @@ export const tlsSchema = z
     client_ca: z.string().min(1).describe('CA bundle (PEM) client certificates must chain to. Clients without such a certificate cannot finish the handshake.'),
     crl: z.string().min(1).optional().describe('Certificate revocation list (PEM) checked during the handshake.'),
     min_version: tlsVersion.default('TLSv1.3').describe('Lowest TLS version the keyless.v1 listener accepts. TLSv1.2 allows only ECDHE with AES-GCM or ChaCha20-Poly1305.'),
-    handshake_timeout_ms: positive('A client that has not finished the TLS handshake by then is disconnected.', 10_000, 120_000),
+    handshake_timeout_ms: positive('A client that has not finished the TLS handshake by then is disconnected.', 5_000, 120_000),
   })
   .strict();
 
@@ -50,7 +50,17 @@ export const limitsSchema = z
     max_inflight_per_session: positive('Requests one session may have in flight; more are answered OVERLOADED at once.', 4096, 1_000_000),
     max_inflight_total: positive('Requests in flight across all sessions; more are answered OVERLOADED at once.', 65_536, 10_000_000),
     max_frame_bytes: positive('Largest WebSocket message accepted; a larger one closes the session with code 1009.', 65_536, 16 * 1024 * 1024),
-    max_sessions: positive('Concurrent sessions (TLS connections) accepted; more are refused and counted.', 20_000, 1_000_000),
+    max_sessions: positive('Concurrent sessions (connections that finished the TLS handshake) per listener; more are refused and counted.', 20_000, 1_000_000),
+    max_pending_handshakes: positive(
+      'Connections per listener that may be in the TLS handshake at once; more are reset as soon as they connect, before any TLS work, and counted (reason max_pending_handshakes). They do not count against max_sessions.',
+      1_000,
+      1_000_000,
+    ),
+    max_pending_handshakes_per_address: positive(
+      'Connections from one source IP address that may be in the TLS handshake at once, per listener; more are reset at once and counted (reason max_pending_handshakes_per_address), so one address cannot take every handshake slot.',
+      64,
+      1_000_000,
+    ),
     max_send_buffer_bytes: positive('When this many response bytes wait unsent to a client that does not read, the daemon stops reading its requests until they drain.', 1_048_576, 1 << 30),
     ping_interval_ms: positive('Interval of WebSocket pings on a session; a session that has not answered the previous ping by the next one is closed.', 30_000, 3_600_000),
   })

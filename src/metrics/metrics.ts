@@ -70,8 +70,14 @@ export class Metrics {
   });
   readonly connectionsRefused = new Counter({
     name: 'keyless_connections_refused_total',
-    help: 'Connections refused before a session began, by listener and reason (max_sessions, bad_upgrade, shutting_down).',
+    help: 'Connections refused before a session began, by listener and reason (max_sessions, max_pending_handshakes, max_pending_handshakes_per_address, bad_upgrade, shutting_down).',
     labelNames: ['listener', 'reason'] as const,
+    registers: [this.registry],
+  });
+  readonly handshakesPending = new Gauge({
+    name: 'keyless_tls_handshakes_pending',
+    help: 'Connections accepted whose TLS handshake has not finished yet, by listener.',
+    labelNames: ['listener'] as const,
     registers: [this.registry],
   });
   readonly handshakeFailures = new Counter({
@@ -112,7 +118,7 @@ export class Metrics {
   });
   readonly protocolErrors = new Counter({
     name: 'keyless_protocol_errors_total',
-    help: 'Frames that could not be served as requests, by listener and kind (text_frame, undecodable, too_big, format).',
+    help: 'Frames that could not be served as requests, and TLS renegotiation attempts, by listener and kind (text_frame, undecodable, too_big, format, renegotiation).',
     labelNames: ['listener', 'kind'] as const,
     registers: [this.registry],
   });

@@ -19,6 +19,7 @@ import type { Logger } from '../log';
 import type { Metrics } from '../metrics/metrics';
 import type { Membership, Operation, Policy } from '../policy/policy';
 import { withTimeout } from '../util/timeout';
+import { FairScheduler, callCost } from './fair-scheduler';
 import type { RequestFacts, SessionInfo } from './session-info';
 
 export type SignInput = { readonly digest: Buffer } | { readonly message: Buffer };
@@ -51,6 +52,8 @@ export class Dispatcher {
    * backend from accumulating unbounded work behind answered requests.
    */
   private readonly outstanding = new Map<Backend, number>();
+  /** Turns on each backend, round-robin across sessions, so one session's backlog cannot starve another. */
+  private readonly scheduler = new FairScheduler();
 
   private readonly refusals: RefusalSummaries;
 
@@ -158,7 +161,7 @@ export class Dispatcher {
       if (!key) throw new KeyNotFoundError(`no key with ${describeKeyRef(ref)}`);
       this.authorize(session, state.policy, key, operation, algorithm, facts);
       if (this.audit?.refuseUnlogged && !this.audit.log.writable()) throw new BackendUnavailableError('the audit log cannot be written; refusing key operations until it can');
-      outcome = { result: await this.call(key, operation, work) };
+      outcome = { result: await this.call(key, operation, work, session) };
     } catch (err) {
       outcome = { failure: toKeylessError(err) };
       if (outcome.failure.code === 'INTERNAL') this.logger.error({ err, session: session.id }, 'request failed with an internal error');
@@ -197,19 +200,29 @@ export class Dispatcher {
     throw new ForbiddenError(`${operation} with key ${key.handle.name} is not allowed for this client`, decision.reason);
   }
 
-  /** Not async on purpose: a down or saturated backend refuses in the same tick, before the request counts as in flight. */
-  private call(key: RegisteredKey, operation: Operation, work: (key: RegisteredKey) => Promise<Buffer>): Promise<Buffer> {
+  /**
+   * Not async on purpose: a down or saturated backend refuses in the same tick, before the request counts as in flight.
+   * The call then waits for its turn on the backend (FairScheduler: round-robin across sessions); its deadline
+   * counts from here, so time spent waiting counts, and a call still waiting at its deadline never runs.
+   */
+  private call(key: RegisteredKey, operation: Operation, work: (key: RegisteredKey) => Promise<Buffer>, session: SessionInfo): Promise<Buffer> {
     const store = key.handle.backend;
     if (!store.healthy()) throw new BackendUnavailableError(`backend ${store.name} is down; retry on another server`);
     const running = this.outstanding.get(store) ?? 0;
     if (running >= this.state().maxInflightTotal) throw new BackendUnavailableError(`backend ${store.name} has ${running} calls that have not returned; retry on another server`);
-    this.outstanding.set(store, running + 1);
-    const started = process.hrtime.bigint();
-    const call = work(key).finally(() => {
-      this.outstanding.set(store, this.outstanding.get(store)! - 1);
-      this.metrics.recordBackendCall(store.name, operation, Number(process.hrtime.bigint() - started) / 1e9);
-    });
-    return withTimeout(call, store.timeoutMs, `${operation} with key ${key.handle.name} on backend ${store.name}`);
+    const cost = callCost(store, key.handle.publicKey.type);
+    const hung = this.scheduler.stalled(store, cost);
+    if (hung !== undefined) throw new BackendUnavailableError(`backend ${store.name} has ${hung} calls past their deadline that have not returned; retry on another server`);
+    const what = `${operation} with key ${key.handle.name} on backend ${store.name}`;
+    const call = this.scheduler.run(store, session, store.timeoutMs, what, () => {
+      this.outstanding.set(store, (this.outstanding.get(store) ?? 0) + 1);
+      const started = process.hrtime.bigint();
+      return work(key).finally(() => {
+        this.outstanding.set(store, this.outstanding.get(store)! - 1);
+        this.metrics.recordBackendCall(store.name, operation, Number(process.hrtime.bigint() - started) / 1e9);
+      });
+    }, cost);
+    return withTimeout(call, store.timeoutMs, what);
   }
 
   /** The audit fields fixed for a session, serialised once; the subject is bounded like every client-supplied text. */

@@ -7,8 +7,9 @@ import type { Logger } from '../log';
 import type { Metrics } from '../metrics/metrics';
 import type { Dispatcher } from './dispatcher';
 import { sessionFor } from './session-info';
-import { guardTlsServer } from './tls';
+import { connectionLimits, guardTlsServer } from './tls';
 import { CloseCode, V1Session } from './v1-session';
+import type { LogLimiter } from '../util/log-limiter';
 
 export const SUBPROTOCOL = 'keyless.v1';
 const LISTENER = 'keyless.v1' as const;
@@ -20,6 +21,9 @@ export interface V1ListenerOptions {
   readonly tls: TlsOptions;
   readonly maxFrameBytes: number;
   readonly maxSessions: number;
+  /** Connections in the TLS handshake, in total and per source address (limits.max_pending_handshakes*). */
+  readonly maxPendingHandshakes?: number;
+  readonly maxPendingHandshakesPerAddress?: number;
   readonly maxSendBufferBytes: number;
   readonly pingIntervalMs: number;
 }
@@ -35,6 +39,7 @@ export class V1Listener {
   private readonly alive = new WeakSet<WebSocket>();
   private heartbeat?: NodeJS.Timeout;
   private draining = false;
+  private readonly logs: LogLimiter;
 
   constructor(
     private readonly options: V1ListenerOptions,
@@ -45,7 +50,7 @@ export class V1Listener {
     this.server = createServer(options.tls, (_req, res) => {
       res.writeHead(426, { 'content-type': 'text/plain', upgrade: 'websocket' }).end(`keyless.v1 is spoken over a WebSocket on ${options.path}\n`);
     });
-    guardTlsServer(this.server, LISTENER, options.maxSessions, metrics, logger);
+    this.logs = guardTlsServer(this.server, LISTENER, connectionLimits(options), metrics, logger);
     this.wss = new WebSocketServer({ noServer: true, maxPayload: options.maxFrameBytes, perMessageDeflate: false, clientTracking: false });
     this.server.on('upgrade', (req, socket: Socket, head) => {
       const offered = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim());
@@ -84,7 +89,12 @@ export class V1Listener {
     this.draining = true;
     clearInterval(this.heartbeat);
     for (const session of this.sessions.values()) session.stopReading();
-    return new Promise((resolve) => this.server.close(() => resolve()));
+    return new Promise((resolve) =>
+      this.server.close(() => {
+        this.logs.stop();
+        resolve();
+      }),
+    );
   }
 
   closeSessions(): void {
@@ -103,7 +113,7 @@ export class V1Listener {
       ws.close(CloseCode.protocolError, 'no client certificate');
       return;
     }
-    const session = new V1Session(ws, info, this.dispatcher, this.metrics, this.logger, this.options.maxSendBufferBytes);
+    const session = new V1Session(ws, info, this.dispatcher, this.metrics, this.logger, this.options.maxSendBufferBytes, this.logs);
     this.sessions.set(ws, session);
     this.alive.add(ws);
     this.metrics.sessionsOpened.inc({ listener: LISTENER });
@@ -114,7 +124,7 @@ export class V1Listener {
       // ws closes the connection itself after an error (1009 for a frame over maxPayload).
       const kind = err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' ? 'too_big' : 'undecodable';
       this.metrics.protocolErrors.inc({ listener: LISTENER, kind });
-      this.logger.warn({ session: info.id, peer: info.peer, kind, error: err.message }, 'closing session after a WebSocket error');
+      this.logs.log('warn', `protocol_error/${LISTENER}/${kind}`, { session: info.id, peer: info.peer, kind, error: err.message }, 'closing session after a WebSocket error');
     });
     ws.on('close', () => {
       this.sessions.delete(ws);

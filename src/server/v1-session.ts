@@ -8,6 +8,7 @@ import { interpretRequest, requestContext } from '../protocol/v1-operation';
 import type { Dispatcher } from './dispatcher';
 import { keyInfoMessage } from './key-info';
 import type { SessionInfo } from './session-info';
+import type { LogLimiter } from '../util/log-limiter';
 
 /** WebSocket close codes (RFC 6455 §7.4.1). */
 export const CloseCode = { goingAway: 1001, protocolError: 1002, unsupportedData: 1003, tooBig: 1009 } as const;
@@ -32,6 +33,8 @@ export class V1Session {
     private readonly metrics: Metrics,
     private readonly logger: Logger,
     private readonly maxSendBuffer: number,
+    /** Rate limit for the protocol-error lines a client can cause at will. */
+    private readonly logs?: LogLimiter,
   ) {
     this.socket = (ws as unknown as { _socket: V1Session['socket'] })._socket;
     ws.on('message', (data, isBinary) => this.onMessage(data as Buffer, isBinary));
@@ -116,7 +119,9 @@ export class V1Session {
 
   private closeForProtocolError(kind: string, code: number, reason: string): void {
     this.metrics.protocolErrors.inc({ listener: this.info.listener, kind });
-    this.logger.warn({ session: this.info.id, peer: this.info.peer, kind }, `closing session: ${reason}`);
+    const fields = { session: this.info.id, peer: this.info.peer, kind };
+    if (this.logs) this.logs.log('warn', `protocol_error/${this.info.listener}/${kind}`, fields, `closing session: ${reason}`);
+    else this.logger.warn(fields, `closing session: ${reason}`);
     this.ws.close(code, reason);
   }
 }

@@ -268,15 +268,7 @@ export class AuditLog {
         moveExclusive(path, aside);
         reason += ` (that file was set aside as ${basename(aside)})`;
       }
-      const line = chained(JSON.stringify({ type: 'reopen', time: new Date().toISOString(), reason }), this.seq + 1, this.prev);
-      const file = await createFileWith(path, line);
-      await this.file.close().catch(NOTHING);
-      this.file = file;
-      const stat = await file.stat();
-      this.identity = { ino: stat.ino, dev: stat.dev };
-      this.seq += 1;
-      this.prev = lineHash(line);
-      this.size = Buffer.byteLength(line) + 1;
+      await this.startFile({ type: 'reopen', time: new Date().toISOString(), reason });
       this.options.onEvent?.({ type: 'reopened', reason });
       return true;
     } catch (err) {
@@ -412,16 +404,21 @@ export class AuditLog {
     // link() fails with EEXIST rather than replace a file: a rotated file is never overwritten.
     linkSync(path, rotated);
     syncDirectory(dirname(path));
-    const line = chained(JSON.stringify({ type: 'rotate', time: new Date().toISOString(), prev_file: basename(rotated) }), this.seq + 1, this.prev);
-    const next = await createFileWith(path, line);
+    await this.startFile({ type: 'rotate', time: new Date().toISOString(), prev_file: basename(rotated) });
+    if (this.options.keepFiles !== undefined || this.options.maxTotalBytes !== undefined) this.retentionDue = true;
+  }
+
+  /** Replaces the current file with a new one whose first record is `first`, continuing the chain. */
+  private async startFile(first: Record<string, unknown>): Promise<void> {
+    const line = chained(JSON.stringify(first), this.seq + 1, this.prev);
+    const file = await createFileWith(this.options.path, line);
     await this.file.close().catch(NOTHING);
-    this.file = next;
-    const stat = await next.stat();
+    this.file = file;
+    const stat = await file.stat();
     this.identity = { ino: stat.ino, dev: stat.dev };
     this.seq += 1;
     this.prev = lineHash(line);
     this.size = Buffer.byteLength(line) + 1;
-    if (this.options.keepFiles !== undefined || this.options.maxTotalBytes !== undefined) this.retentionDue = true;
   }
 
   /**

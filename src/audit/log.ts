@@ -7,22 +7,6 @@ import { nextFileName, parseRecord, rotatedFiles, rotatedName } from './files';
 import { freshName, moveExclusive, recoverLog, syncDirectory, type RecoveryEvent } from './recover';
 import type { AuditSigner } from './signing';
 
-/** One private-key operation or denial, as written to the log (seq and prev are added). */
-export interface AuditRecord {
-  readonly time: string;
-  readonly session: string;
-  readonly client: { readonly subject: string; readonly fingerprint: string };
-  readonly peer: string;
-  readonly listener: string;
-  readonly operation: string;
-  readonly algorithm?: string;
-  readonly key?: { readonly name?: string; readonly ski?: string };
-  /** 'ok' or the error code. */
-  readonly result: string;
-  readonly duration_ms: number;
-  readonly context?: Readonly<Record<string, string | number>>;
-}
-
 /** What the log tells its owner, to be logged and counted. */
 export type AuditEvent =
   | RecoveryEvent
@@ -51,11 +35,6 @@ export interface AuditLogOptions {
   /** Called for every failed write attempt (including retries). */
   readonly onWriteError?: (error: Error) => void;
   readonly onEvent?: (event: AuditEvent) => void;
-}
-
-/** Serialises a record; the dispatcher builds the same JSON faster from per-session parts. */
-export function serializeAuditRecord(record: AuditRecord): string {
-  return JSON.stringify(record);
 }
 
 interface Pending {

@@ -17,8 +17,6 @@ export interface KeyOptions {
 
 export interface RegisteredKey extends KeyOptions {
   readonly handle: KeyHandle;
-  /** The key's audit fields serialised once (name and SKI), filled in on first use. */
-  auditJson?: string;
 }
 
 /**

@@ -1,6 +1,7 @@
 import { digestLength, describeScheme, keyTypeOf, type DecryptPadding, type SignatureAlgorithm, type SignScheme } from '../crypto/algorithms';
 import { hashMessage } from '../crypto/hashes';
 import type { AuditLog } from '../audit/log';
+import { AuditRecords } from '../audit/record';
 import { RefusalSummaries, SUMMARISED_RESULTS } from '../audit/refusals';
 import { boundedText, FIELD_LIMITS } from '../util/bounded-text';
 import {
@@ -56,6 +57,7 @@ export class Dispatcher {
   private readonly scheduler = new FairScheduler();
 
   private readonly refusals: RefusalSummaries;
+  private readonly records = new AuditRecords();
 
   constructor(
     private readonly state: () => ServingState,
@@ -177,7 +179,7 @@ export class Dispatcher {
     if ('failure' in outcome && SUMMARISED_RESULTS.has(result)) {
       // No refusal is silent, but a flood of them costs one full record and one log line per
       // client, key and result per second, plus a summary with the count.
-      if (!this.refusals.admit(`${session.identity.fingerprint}|${session.listener}|${key?.handle.name ?? ''}`, result, () => this.sessionAuditFields(session))) throw outcome.failure;
+      if (!this.refusals.admit(`${session.identity.fingerprint}|${session.listener}|${key?.handle.name ?? ''}`, result, () => this.records.sessionFields(session))) throw outcome.failure;
       const reason = boundedText(outcome.failure instanceof ForbiddenError ? (outcome.failure.reason ?? outcome.failure.message) : outcome.failure.message, 512);
       this.logger.warn(
         { session: session.id, peer: session.peer, subject: boundedText(session.identity.subject, FIELD_LIMITS.subject), key: key?.handle.name ?? boundedText(describeKeyRef(ref), FIELD_LIMITS.keyName), operation, result, reason },
@@ -185,7 +187,18 @@ export class Dispatcher {
       );
     }
     if (this.audit) {
-      const written = this.audit.log.append(this.auditRecord(session, operation, algorithm, ref, key, result, started, facts));
+      const written = this.audit.log.append(
+        this.records.operation({
+          session,
+          operation,
+          algorithm,
+          key: key ? key.handle : { requested: describeKeyRef(ref) },
+          result,
+          started,
+          durationMs: Date.now() - started,
+          context: facts,
+        }),
+      );
       if (this.audit.refuseUnlogged) await written;
       else written.catch(() => {});
     }
@@ -223,39 +236,6 @@ export class Dispatcher {
       });
     }, cost);
     return withTimeout(call, store.timeoutMs, what);
-  }
-
-  /** The audit fields fixed for a session, serialised once; the subject is bounded like every client-supplied text. */
-  private sessionAuditFields(session: SessionInfo): string {
-    session.auditFields ??= JSON.stringify({
-      session: session.id,
-      client: { subject: boundedText(session.identity.subject, FIELD_LIMITS.subject), fingerprint: session.identity.fingerprint },
-      peer: session.peer,
-      listener: session.listener,
-    }).slice(1, -1);
-    return session.auditFields;
-  }
-
-  /**
-   * The audit record as JSON text, in the field order of AuditRecord. Built by hand on the
-   * request path: the session's fixed fields are serialised once, and algorithm and
-   * result are protocol tokens that need no escaping.
-   */
-  private auditRecord(
-    session: SessionInfo,
-    operation: Operation,
-    algorithm: string,
-    ref: KeyRef,
-    key: RegisteredKey | undefined,
-    result: string,
-    started: number,
-    facts: RequestFacts | undefined,
-  ): string {
-    const keyJson = key
-      ? (key.auditJson ??= JSON.stringify({ name: key.handle.name, ski: key.handle.publicKey.ski.toString('hex') }))
-      : JSON.stringify({ name: boundedText(describeKeyRef(ref), FIELD_LIMITS.keyName) });
-    const context = facts && Object.keys(facts).length > 0 ? `,"context":${JSON.stringify(facts)}` : '';
-    return `{"time":"${new Date(started).toISOString()}",${this.sessionAuditFields(session)},"operation":"${operation}","algorithm":"${algorithm}","key":${keyJson},"result":"${result}","duration_ms":${Date.now() - started}${context}}`;
   }
 }
 

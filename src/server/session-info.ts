@@ -13,8 +13,6 @@ export interface SessionInfo {
   readonly identity: ClientIdentity;
   /** Requests this session has in flight; owned by the dispatcher. */
   inflight: number;
-  /** `"session":…,"client":{…},"peer":…,"listener":…` — the audit fields fixed for the session, serialised once. */
-  auditFields?: string;
   /** The session's groups under the policy in force; recomputed when a reload brings a new policy. */
   membership?: { readonly policy: Policy; readonly groups: Membership };
 }

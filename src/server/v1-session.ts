@@ -1,5 +1,5 @@
 import type { WebSocket } from 'ws';
-import { toKeylessError } from '../errors';
+import { KeylessError, toKeylessError } from '../errors';
 import type { keyless } from '../gen/keyless';
 import type { Logger } from '../log';
 import type { Metrics } from '../metrics/metrics';
@@ -54,7 +54,9 @@ export class V1Session {
       (answer) => this.send(encodeResponse({ id, ...answer })),
       (err: unknown) => {
         const failure = toKeylessError(err);
-        if (failure.code === 'INTERNAL') this.logger.error({ err, session: this.info.id }, 'request failed with an internal error');
+        // A KeylessError was already judged (and an INTERNAL one logged) where it was made, in
+        // the dispatcher; only a failure of this session's own code is logged here.
+        if (!(err instanceof KeylessError)) this.logger.error({ err, session: this.info.id }, 'request failed with an internal error');
         this.send(errorResponse(id, failure.code, failure.code === 'INTERNAL' ? 'internal error' : failure.message));
       },
     );

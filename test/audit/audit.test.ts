@@ -2,26 +2,20 @@ import { execFileSync } from 'node:child_process';
 import { appendFileSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AuditLog, serializeAuditRecord, type AuditRecord } from '../../src/audit/log';
+import { AuditLog } from '../../src/audit/log';
+import { AuditRecords, type OperationEvent } from '../../src/audit/record';
 import { verifyAuditFiles } from '../../src/audit/verify';
 
-const record = (i: number): AuditRecord => ({
-  time: new Date(1_700_000_000_000 + i).toISOString(),
-  session: 's-1',
-  client: { subject: 'CN=edge', fingerprint: 'ab'.repeat(32) },
-  peer: '127.0.0.1:5000',
-  listener: 'keyless.v1',
-  operation: 'sign',
-  algorithm: 'ECDSA_SHA256',
-  key: { name: 'k', ski: 'cd'.repeat(20) },
-  result: 'ok',
-  duration_ms: i % 7,
-});
+const records = new AuditRecords();
+const session = { id: 's-1', identity: { subject: 'CN=edge', fingerprint: 'ab'.repeat(32) }, peer: '127.0.0.1:5000', listener: 'keyless.v1' };
+const key = { name: 'k', publicKey: { ski: Buffer.alloc(20, 0xcd) } };
+const event = (i: number): OperationEvent => ({ session, operation: 'sign', algorithm: 'ECDSA_SHA256', key, result: 'ok', started: 1_700_000_000_000 + i, durationMs: i % 7 });
+const record = (i: number): string => records.operation(event(i));
 
 async function writeLog(dir: string, count: number, maxBytes = 1 << 20): Promise<string[]> {
   const path = join(dir, 'audit.log');
   const log = await AuditLog.open({ path, maxBytes, flushIntervalMs: 1000 });
-  await Promise.all(Array.from({ length: count }, (_, i) => log.append(serializeAuditRecord(record(i)))));
+  await Promise.all(Array.from({ length: count }, (_, i) => log.append(record(i))));
   await log.close();
   const rotated = readdirSync(dir).filter((f) => f.startsWith('audit.log.')).sort().map((f) => join(dir, f));
   return [...rotated, path];
@@ -88,7 +82,7 @@ test('appends are batched: many records share one write', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'keylessd-audit-'));
   const batches: number[] = [];
   const log = await AuditLog.open({ path: join(dir, 'audit.log'), maxBytes: 1 << 20, flushIntervalMs: 1000, onWritten: (n) => batches.push(n) });
-  await Promise.all(Array.from({ length: 1000 }, (_, i) => log.append(serializeAuditRecord(record(i)))));
+  await Promise.all(Array.from({ length: 1000 }, (_, i) => log.append(record(i))));
   await log.close();
   expect(batches.reduce((a, b) => a + b, 0)).toBe(1000);
   expect(batches.length).toBeLessThan(10);
@@ -133,7 +127,7 @@ async function fillTheDisk(disk: string): Promise<void> {
   const states: boolean[] = [];
   const path = join(disk, 'audit.log');
   const log = await AuditLog.open({ path, maxBytes: 1 << 20, flushIntervalMs: 1000, onStateChange: (writable) => states.push(writable) });
-  await log.append(serializeAuditRecord(record(0)));
+  await log.append(record(0));
   for (const chunk of [4096, 1]) {
     try {
       for (;;) appendFileSync(join(disk, 'filler'), Buffer.alloc(chunk));
@@ -145,16 +139,37 @@ async function fillTheDisk(disk: string): Promise<void> {
   let appended = 1;
   let refused: unknown;
   while (refused === undefined && appended < 1000) {
-    refused = await log.append(serializeAuditRecord(record(appended))).then(() => undefined, (err: unknown) => err);
+    refused = await log.append(record(appended)).then(() => undefined, (err: unknown) => err);
     appended++;
   }
   expect(refused).toMatchObject({ code: 'BACKEND_UNAVAILABLE' });
   expect(log.writable()).toBe(false);
   rmSync(join(disk, 'filler'));
   while (!log.writable()) await new Promise((r) => setTimeout(r, 50));
-  await log.append(serializeAuditRecord(record(appended)));
+  await log.append(record(appended));
   await log.close();
   expect(states).toEqual([false, true]);
   // The record that could not be acknowledged was still written, in order, once space returned.
   expect(verifyAuditFiles([path])).toMatchObject({ ok: true, records: appended + 2 });
 }
+
+test('the audit module alone decides a record: the documented fields, in order, with client text bounded', () => {
+  const hostile = { ...session, identity: { subject: `CN=edge\u001b[2J${'x'.repeat(2000)}`, fingerprint: 'ab'.repeat(32) } };
+  const line = records.operation({ ...event(3), session: hostile, key: { requested: 'name "nope\nnope"' }, result: 'KEY_NOT_FOUND', context: { sni: 'www.example.com', clientIp: undefined } });
+  const parsed = JSON.parse(line) as Record<string, unknown>;
+  expect(Object.keys(parsed)).toEqual(['time', 'session', 'client', 'peer', 'listener', 'operation', 'algorithm', 'key', 'result', 'duration_ms', 'context']);
+  expect(parsed).toMatchObject({ time: '2023-11-14T22:13:20.003Z', key: { name: 'name "nope\\u{a}nope"' }, result: 'KEY_NOT_FOUND', duration_ms: 3, context: { sni: 'www.example.com' } });
+  expect((parsed.client as { subject: string }).subject).toMatch(/^CN=edge\\u\{1b\}\[2Jx+…\(\+\d+ chars\)$/);
+  expect(JSON.parse(records.operation(event(1)))).toEqual({
+    time: '2023-11-14T22:13:20.001Z',
+    session: 's-1',
+    client: { subject: 'CN=edge', fingerprint: 'ab'.repeat(32) },
+    peer: '127.0.0.1:5000',
+    listener: 'keyless.v1',
+    operation: 'sign',
+    algorithm: 'ECDSA_SHA256',
+    key: { name: 'k', ski: 'cd'.repeat(20) },
+    result: 'ok',
+    duration_ms: 1,
+  });
+});

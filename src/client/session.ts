@@ -3,7 +3,6 @@ import { WebSocket } from 'ws';
 import type { DecryptPadding, SignatureAlgorithm } from '../crypto/algorithms';
 import type { keyless } from '../gen/keyless';
 import type { KeyRef } from '../keys/registry';
-import { TimeoutError } from '../errors';
 import {
   decodeResponse,
   encodeRequest,
@@ -13,7 +12,7 @@ import {
   signatureAlgorithmNumber,
   type ResponseMessage,
 } from '../protocol/v1';
-import { ConnectionError, RemoteError, describeConnectError } from './errors';
+import { ConnectionError, RemoteError, ResponseTimeoutError, describeConnectError } from './errors';
 
 export const SUBPROTOCOL = 'keyless.v1';
 
@@ -105,7 +104,7 @@ export class KeylessSession extends EventEmitter {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
-        reject(new TimeoutError(`no answer to request ${id} within ${timeoutMs} ms`));
+        reject(new ResponseTimeoutError(`no answer to request ${id} within ${timeoutMs} ms`));
       }, timeoutMs);
       this.pending.set(id, { resolve, reject, timer });
       this.ws.send(encodeRequest({ id, ...body }));

@@ -10,11 +10,10 @@ import {
   keyRefToMessage,
   pb,
   signatureAlgorithmNumber,
+  SUBPROTOCOL,
   type ResponseMessage,
 } from '../protocol/v1';
 import { ConnectionError, RemoteError, ResponseTimeoutError, describeConnectError } from './errors';
-
-export const SUBPROTOCOL = 'keyless.v1';
 
 export interface SessionOptions {
   /** `wss://host:port/v1` */

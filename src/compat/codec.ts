@@ -45,6 +45,21 @@ export const ErrorByte = {
   remoteConfiguration: 0x0b,
 } as const;
 
+/** What each error byte means, for people reading an answer (keylessctl prints these). */
+export const ERROR_BYTE_NAMES: Readonly<Record<number, string>> = {
+  [ErrorByte.cryptoFailed]: 'cryptography failure',
+  [ErrorByte.keyNotFound]: 'key not found',
+  [ErrorByte.readError]: 'read error',
+  [ErrorByte.versionMismatch]: 'version mismatch',
+  [ErrorByte.badOpcode]: 'bad opcode',
+  [ErrorByte.unexpectedOpcode]: 'unexpected opcode',
+  [ErrorByte.format]: 'format error',
+  [ErrorByte.internal]: 'internal error',
+  [ErrorByte.certNotFound]: 'certificate not found',
+  [ErrorByte.expired]: 'expired',
+  [ErrorByte.remoteConfiguration]: 'remote configuration error',
+};
+
 const KNOWN_TAGS = new Set<number>(Object.values(Tag));
 
 export interface Frame {

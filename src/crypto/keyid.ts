@@ -15,8 +15,6 @@ export interface PublicKeyInfo {
   /** SHA-1 of the subjectPublicKey BIT STRING contents (RFC 5280 §4.2.1.2 method 1). */
   readonly ski: Buffer;
   readonly spkiSha256: Buffer;
-  /** RSA only: the modulus, big-endian, no leading zero. The compat port's certificate digest needs it. */
-  readonly modulus?: Buffer;
 }
 
 const CURVE_NAMES: Readonly<Record<string, string>> = {
@@ -71,8 +69,7 @@ export function describePublicKey(spki: Buffer): PublicKeyInfo {
     case 'rsa': {
       const bits = details.modulusLength ?? 0;
       if (bits < 2048 || bits > 4096) throw new Error(`RSA keys must be 2048 to 4096 bits, this one has ${bits}`);
-      const jwk = key.export({ format: 'jwk' });
-      return { type: 'rsa', bits, curve: '', modulus: Buffer.from(jwk.n!, 'base64url'), ...ids };
+      return { type: 'rsa', bits, curve: '', ...ids };
     }
     case 'ec': {
       const curve = CURVE_NAMES[details.namedCurve ?? ''];

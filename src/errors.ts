@@ -121,6 +121,11 @@ export class ConfigError extends KeylessdError {
   }
 }
 
+/** A public key or signature encoding keylessd cannot read or does not serve (message says which). */
+export class KeyFormatError extends KeylessdError {
+  readonly code = 'KEY_FORMAT';
+}
+
 /** A caller handed an API something it cannot take (a programming error, not a client's request). */
 export class InvalidArgumentError extends KeylessdError {
   readonly code = 'INVALID_ARGUMENT';

@@ -54,16 +54,17 @@ export class KeylessError extends KeylessdError {
   }
 }
 
-export class BadRequestError extends KeylessError {
-  constructor(message: string, options?: KeylessdErrorOptions) {
-    super('BAD_REQUEST', message, options);
-  }
+/** The base of a request error with a fixed code: `class X extends withCode('CODE') {}`. */
+function withCode(code: ErrorCode) {
+  return class extends KeylessError {
+    constructor(message: string, options?: KeylessdErrorOptions) {
+      super(code, message, options);
+    }
+  };
 }
-export class KeyNotFoundError extends KeylessError {
-  constructor(message: string, options?: KeylessdErrorOptions) {
-    super('KEY_NOT_FOUND', message, options);
-  }
-}
+
+export class BadRequestError extends withCode('BAD_REQUEST') {}
+export class KeyNotFoundError extends withCode('KEY_NOT_FOUND') {}
 export class ForbiddenError extends KeylessError {
   /** `message` goes to the client; `reason` (which groups, which rule) only to the server's logs. */
   constructor(
@@ -73,32 +74,12 @@ export class ForbiddenError extends KeylessError {
     super('FORBIDDEN', message);
   }
 }
-export class UnsupportedError extends KeylessError {
-  constructor(message: string, options?: KeylessdErrorOptions) {
-    super('UNSUPPORTED', message, options);
-  }
-}
-export class CryptoFailureError extends KeylessError {
-  constructor(message: string, options?: KeylessdErrorOptions) {
-    super('CRYPTO_FAILURE', message, options);
-  }
-}
-export class BackendUnavailableError extends KeylessError {
-  constructor(message: string, options?: KeylessdErrorOptions) {
-    super('BACKEND_UNAVAILABLE', message, options);
-  }
-}
-export class OverloadedError extends KeylessError {
-  constructor(message: string, options?: KeylessdErrorOptions) {
-    super('OVERLOADED', message, options);
-  }
-}
+export class UnsupportedError extends withCode('UNSUPPORTED') {}
+export class CryptoFailureError extends withCode('CRYPTO_FAILURE') {}
+export class BackendUnavailableError extends withCode('BACKEND_UNAVAILABLE') {}
+export class OverloadedError extends withCode('OVERLOADED') {}
 /** Server side: an operation (a backend call, a wait for a session) ran past its deadline. */
-export class TimeoutError extends KeylessError {
-  constructor(message: string, options?: KeylessdErrorOptions) {
-    super('TIMEOUT', message, options);
-  }
-}
+export class TimeoutError extends withCode('TIMEOUT') {}
 export class InternalError extends KeylessError {
   constructor(message = 'internal error', options?: KeylessdErrorOptions) {
     super('INTERNAL', message, options);

@@ -1,8 +1,17 @@
 /**
- * One error hierarchy for the whole daemon. `code` is stable: it is what keyless.v1
- * puts on the wire (ErrorCode names), what the compat port maps to its error bytes,
- * and what metrics and the audit log record. Messages are for humans and never carry
- * key material, PINs or passphrases.
+ * One error hierarchy for the whole project, in the manner of undici: every error keylessd,
+ * keylessctl, the client and the backends throw on purpose is a KeylessdError with its own
+ * `name`, a stable `code` and, when it wraps another error, that error as `cause`.
+ * Messages are for humans and never carry key material, PINs or passphrases.
+ *
+ *   KeylessdError                       root (abstract)
+ *   ├── KeylessError                    answers a request: `code` is an ErrorCode below, which
+ *   │   ├── BadRequestError …           each protocol maps to its wire code in one table
+ *   │   │                               (keyless.v1: src/protocol/v1.ts V1_ERROR_CODE,
+ *   │   │                               compat: src/compat/request.ts ERROR_BYTE)
+ *   │   └── RemoteError, ResponseTimeoutError (src/client/errors.ts)
+ *   ├── ConfigError                     configuration and operator-controlled files
+ *   └── … the edges' own failures (connection, usage, framing), each in its module
  */
 export const ERROR_CODES = [
   'BAD_REQUEST',
@@ -15,28 +24,47 @@ export const ERROR_CODES = [
   'TIMEOUT',
   'INTERNAL',
 ] as const;
+/** The codes a request can fail with; what metrics and the audit log record. */
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
-export class KeylessError extends Error {
+export interface KeylessdErrorOptions {
+  /** The error this one wraps, kept for logs and debuggers; never sent to a client. */
+  readonly cause?: unknown;
+}
+
+/** The root of every error the project throws. */
+export abstract class KeylessdError extends Error {
+  abstract readonly code: string;
+
+  constructor(message: string, options?: KeylessdErrorOptions) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    // Each subclass names itself; the class name is the stable public name.
+    this.name = new.target.name;
+  }
+}
+
+/** A failure that answers a request: its `code` goes on the wire through each protocol's table. */
+export class KeylessError extends KeylessdError {
   constructor(
     readonly code: ErrorCode,
     message: string,
+    options?: KeylessdErrorOptions,
   ) {
-    super(message);
-    this.name = 'KeylessError';
+    super(message, options);
   }
 }
 
-export class BadRequestError extends KeylessError {
-  constructor(message: string) {
-    super('BAD_REQUEST', message);
-  }
+/** The base of a request error with a fixed code: `class X extends withCode('CODE') {}`. */
+function withCode(code: ErrorCode) {
+  return class extends KeylessError {
+    constructor(message: string, options?: KeylessdErrorOptions) {
+      super(code, message, options);
+    }
+  };
 }
-export class KeyNotFoundError extends KeylessError {
-  constructor(message: string) {
-    super('KEY_NOT_FOUND', message);
-  }
-}
+
+export class BadRequestError extends withCode('BAD_REQUEST') {}
+export class KeyNotFoundError extends withCode('KEY_NOT_FOUND') {}
 export class ForbiddenError extends KeylessError {
   /** `message` goes to the client; `reason` (which groups, which rule) only to the server's logs. */
   constructor(
@@ -46,34 +74,15 @@ export class ForbiddenError extends KeylessError {
     super('FORBIDDEN', message);
   }
 }
-export class UnsupportedError extends KeylessError {
-  constructor(message: string) {
-    super('UNSUPPORTED', message);
-  }
-}
-export class CryptoFailureError extends KeylessError {
-  constructor(message: string) {
-    super('CRYPTO_FAILURE', message);
-  }
-}
-export class BackendUnavailableError extends KeylessError {
-  constructor(message: string) {
-    super('BACKEND_UNAVAILABLE', message);
-  }
-}
-export class OverloadedError extends KeylessError {
-  constructor(message: string) {
-    super('OVERLOADED', message);
-  }
-}
-export class TimeoutError extends KeylessError {
-  constructor(message: string) {
-    super('TIMEOUT', message);
-  }
-}
+export class UnsupportedError extends withCode('UNSUPPORTED') {}
+export class CryptoFailureError extends withCode('CRYPTO_FAILURE') {}
+export class BackendUnavailableError extends withCode('BACKEND_UNAVAILABLE') {}
+export class OverloadedError extends withCode('OVERLOADED') {}
+/** Server side: an operation (a backend call, a wait for a session) ran past its deadline. */
+export class TimeoutError extends withCode('TIMEOUT') {}
 export class InternalError extends KeylessError {
-  constructor(message = 'internal error') {
-    super('INTERNAL', message);
+  constructor(message = 'internal error', options?: KeylessdErrorOptions) {
+    super('INTERNAL', message, options);
   }
 }
 
@@ -81,14 +90,26 @@ export class InternalError extends KeylessError {
  * A problem with configuration or an input file an operator controls: raised at start,
  * on reload and by --check-config. `field` names the config path (`listen.port`) or file.
  */
-export class ConfigError extends Error {
+export class ConfigError extends KeylessdError {
+  readonly code = 'CONFIG_INVALID';
+
   constructor(
     readonly field: string,
     readonly problem: string,
+    options?: KeylessdErrorOptions,
   ) {
-    super(`${field}: ${problem}`);
-    this.name = 'ConfigError';
+    super(`${field}: ${problem}`, options);
   }
+}
+
+/** A public key or signature encoding keylessd cannot read or does not serve (message says which). */
+export class KeyFormatError extends KeylessdError {
+  readonly code = 'KEY_FORMAT';
+}
+
+/** A caller handed an API something it cannot take (a programming error, not a client's request). */
+export class InvalidArgumentError extends KeylessdError {
+  readonly code = 'INVALID_ARGUMENT';
 }
 
 /** Whatever was thrown, the protocol error to answer with; unknown throwables are INTERNAL. */

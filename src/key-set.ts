@@ -1,3 +1,4 @@
+import { COMPAT_KEY_INDEXES } from './compat/key-index';
 import type { Config } from './config/schema';
 import { createBackend } from './keys/backends';
 import { KeyRegistry } from './keys/registry';
@@ -33,7 +34,9 @@ export async function openKeySet(config: Config, logger: Logger, makeBackend: Ba
       skipped.push(...opened.skipped);
     }
     const policy = new Policy({ default_policy: config.default_policy, groups: config.groups, keys: config.keys });
-    const registry = new KeyRegistry(handles, (name) => ({ decryptAllowed: config.keys[name]?.decrypt ?? false, rawDecryptAllowed: config.keys[name]?.decrypt_raw ?? false }));
+    const optionsFor = (name: string) => ({ decryptAllowed: config.keys[name]?.decrypt ?? false, rawDecryptAllowed: config.keys[name]?.decrypt_raw ?? false });
+    // The protocols' own key-lookup indexes: the compat port finds RSA keys by certificate digest.
+    const registry = new KeyRegistry(handles, optionsFor, COMPAT_KEY_INDEXES);
     for (const clash of registry.skipped) logger.warn({ key: clash.source, reason: clash.reason }, `not serving ${clash.source}: ${clash.reason}`);
     return {
       backends,

@@ -7,6 +7,7 @@
  *   request body:  u32 id | u8 operation | u16 name length | key name (UTF-8) | u8 flags | u8 padding | u8 hash | payload
  *   response body: u32 id | u8 status | result  (OK: the data; otherwise u32 CNG code | UTF-8 message)
  */
+import { KeylessdError } from '../../src/errors';
 
 export const CngOperation = { ping: 0, publicKey: 1, sign: 2, decrypt: 3, import: 4 } as const;
 export type CngOperation = (typeof CngOperation)[keyof typeof CngOperation];
@@ -45,11 +46,8 @@ export type CngResponse =
   | { readonly id: number; readonly status: number; readonly code: number; readonly message: string };
 
 /** The byte stream broke the framing rules; nothing after it can be trusted. */
-export class FrameError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'FrameError';
-  }
+export class FrameError extends KeylessdError {
+  readonly code = 'CNG_FRAME';
 }
 
 export function encodeRequest(request: CngRequest): Buffer {

@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import type { KeyObject } from 'node:crypto';
 import { basename } from 'node:path';
+import { KeylessdError } from '../errors';
 import { GENESIS, lineHash } from './chain';
 import { parseRecord, rotatedFiles, type ChainFields } from './files';
 import { checkSignature } from './signing';
@@ -29,7 +30,9 @@ interface Entry {
   readonly record: ChainFields & Record<string, unknown>;
 }
 
-class Failure extends Error {
+class Failure extends KeylessdError {
+  readonly code = 'AUDIT_CHAIN_BROKEN';
+
   constructor(
     readonly at: { file: string; line: number },
     reason: string,

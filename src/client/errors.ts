@@ -1,18 +1,30 @@
-import { KeylessError, type ErrorCode } from '../errors';
+import { KeylessdError, KeylessError, TimeoutError, type ErrorCode, type KeylessdErrorOptions } from '../errors';
 
 /** The server answered with an Error; `code` is the protocol's ErrorCode name. */
 export class RemoteError extends KeylessError {
   constructor(code: ErrorCode, message: string) {
     super(code, message);
-    this.name = 'RemoteError';
   }
 }
 
+/**
+ * Client side: no answer to a request within the client's own deadline. A TimeoutError (code
+ * TIMEOUT), so callers that handle timeouts see it; named apart from the server's TimeoutError,
+ * which a server answers with on the wire (that one reaches a client as a RemoteError).
+ */
+export class ResponseTimeoutError extends TimeoutError {}
+
+/** The other end answered, but with something the protocol does not allow there. */
+export class UnexpectedAnswerError extends KeylessdError {
+  readonly code = 'UNEXPECTED_ANSWER';
+}
+
 /** The session could not be opened or was lost; says which end refused what. */
-export class ConnectionError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ConnectionError';
+export class ConnectionError extends KeylessdError {
+  readonly code = 'CONNECTION_FAILED';
+
+  constructor(message: string, options?: KeylessdErrorOptions) {
+    super(message, options);
   }
 }
 
@@ -36,9 +48,6 @@ export function describeConnectError(err: NodeJS.ErrnoException, target: string,
 }
 
 /** The pool has `maxPending` requests outstanding already: refused at once instead of queueing without bound. */
-export class PoolBusyError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'PoolBusyError';
-  }
+export class PoolBusyError extends KeylessdError {
+  readonly code = 'POOL_BUSY';
 }

@@ -1,5 +1,5 @@
 import type { DecryptPadding, SignatureAlgorithm } from '../crypto/algorithms';
-import { KeylessError } from '../errors';
+import { InvalidArgumentError, KeylessError } from '../errors';
 import type { keyless } from '../gen/keyless';
 import type { KeyRef } from '../keys/registry';
 import { ConnectionError, PoolBusyError } from './errors';
@@ -53,7 +53,7 @@ export class KeylessPool {
   private closed = false;
 
   constructor(private readonly options: PoolOptions) {
-    if (options.servers.length === 0) throw new Error('KeylessPool needs at least one server');
+    if (options.servers.length === 0) throw new InvalidArgumentError('KeylessPool needs at least one server');
     this.servers = options.servers.map((s) => ({ url: s.url, servername: s.servername, slots: Array(options.sessionsPerServer ?? 2).fill(undefined), failures: 0, setAsideUntil: 0 }));
     for (const server of this.servers) server.slots.forEach((_, i) => void this.connect(server, i));
     this.healthTimer = setInterval(() => this.checkHealth(), options.healthPingMs ?? 15_000).unref();

@@ -5,7 +5,6 @@ import { WebSocket, type ClientOptions } from 'ws';
 import type { DecryptPadding, SignatureAlgorithm } from '../crypto/algorithms';
 import type { keyless } from '../gen/keyless';
 import type { KeyRef } from '../keys/registry';
-import { TimeoutError } from '../errors';
 import {
   decodeResponse,
   encodeRequest,
@@ -13,11 +12,10 @@ import {
   keyRefToMessage,
   pb,
   signatureAlgorithmNumber,
+  SUBPROTOCOL,
   type ResponseMessage,
 } from '../protocol/v1';
-import { ConnectionError, RemoteError, describeConnectError } from './errors';
-
-export const SUBPROTOCOL = 'keyless.v1';
+import { ConnectionError, RemoteError, ResponseTimeoutError, describeConnectError } from './errors';
 
 export interface SessionOptions {
   /** `wss://host:port/v1` */
@@ -113,7 +111,7 @@ export class KeylessSession extends EventEmitter {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
-        reject(new TimeoutError(`no answer to request ${id} within ${timeoutMs} ms`));
+        reject(new ResponseTimeoutError(`no answer to request ${id} within ${timeoutMs} ms`));
       }, timeoutMs);
       this.pending.set(id, { resolve, reject, timer });
       this.ws.send(encodeRequest({ id, ...body }));

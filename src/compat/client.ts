@@ -1,6 +1,5 @@
 import { connect, type TLSSocket } from 'node:tls';
-import { ConnectionError, describeConnectError } from '../client/errors';
-import { TimeoutError } from '../errors';
+import { ConnectionError, ResponseTimeoutError, UnexpectedAnswerError, describeConnectError } from '../client/errors';
 import { FrameReader, PADDED_LENGTH, Tag, decodeFrame, encodeFrame } from './codec';
 import { Opcode } from './request';
 
@@ -69,7 +68,7 @@ export class CompatClient {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
-        reject(new TimeoutError(`no answer to request ${id} within ${this.timeoutMs} ms`));
+        reject(new ResponseTimeoutError(`no answer to request ${id} within ${this.timeoutMs} ms`));
       }, this.timeoutMs);
       this.pending.set(id, { resolve, reject, timer });
       this.socket.write(frame);
@@ -78,7 +77,7 @@ export class CompatClient {
 
   async ping(payload: Buffer): Promise<Buffer> {
     const answer = await this.request(Opcode.ping, payload);
-    if (answer.opcode !== Opcode.pong) throw new Error(`expected a pong, got opcode 0x${answer.opcode.toString(16)}`);
+    if (answer.opcode !== Opcode.pong) throw new UnexpectedAnswerError(`expected a pong, got opcode 0x${answer.opcode.toString(16)}`);
     return answer.payload;
   }
 

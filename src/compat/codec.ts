@@ -5,6 +5,8 @@
  *   header (8 bytes): major u8 = 1 | minor u8 = 0 | body length u16 | id u32   (big-endian)
  *   body: items, each tag u8 | length u16 | value
  */
+import { InvalidArgumentError, KeylessdError } from '../errors';
+
 export const HEADER_LENGTH = 8;
 export const MAJOR = 0x01;
 export const MINOR = 0x00;
@@ -43,6 +45,21 @@ export const ErrorByte = {
   remoteConfiguration: 0x0b,
 } as const;
 
+/** What each error byte means, for people reading an answer (keylessctl prints these). */
+export const ERROR_BYTE_NAMES: Readonly<Record<number, string>> = {
+  [ErrorByte.cryptoFailed]: 'cryptography failure',
+  [ErrorByte.keyNotFound]: 'key not found',
+  [ErrorByte.readError]: 'read error',
+  [ErrorByte.versionMismatch]: 'version mismatch',
+  [ErrorByte.badOpcode]: 'bad opcode',
+  [ErrorByte.unexpectedOpcode]: 'unexpected opcode',
+  [ErrorByte.format]: 'format error',
+  [ErrorByte.internal]: 'internal error',
+  [ErrorByte.certNotFound]: 'certificate not found',
+  [ErrorByte.expired]: 'expired',
+  [ErrorByte.remoteConfiguration]: 'remote configuration error',
+};
+
 const KNOWN_TAGS = new Set<number>(Object.values(Tag));
 
 export interface Frame {
@@ -54,14 +71,15 @@ export interface Frame {
 }
 
 /** A frame that decodes but breaks the format: answer with `errorByte` under `id`. */
-export class CompatFormatError extends Error {
+export class CompatFormatError extends KeylessdError {
+  readonly code = 'COMPAT_FORMAT';
+
   constructor(
     readonly id: number,
     readonly errorByte: number,
     message: string,
   ) {
     super(message);
-    this.name = 'CompatFormatError';
   }
 }
 
@@ -74,7 +92,7 @@ export function encodeFrame(id: number, items: ReadonlyArray<readonly [number, B
     padding.push(item(Tag.padding, value));
     bodyLength += 3 + value.length;
   }
-  if (bodyLength > 0xffff) throw new RangeError(`a frame body holds at most 65535 bytes, this one would be ${bodyLength}`);
+  if (bodyLength > 0xffff) throw new InvalidArgumentError(`a frame body holds at most 65535 bytes, this one would be ${bodyLength}`);
   const header = Buffer.alloc(HEADER_LENGTH);
   header[0] = MAJOR;
   header[1] = MINOR;
@@ -84,7 +102,7 @@ export function encodeFrame(id: number, items: ReadonlyArray<readonly [number, B
 }
 
 function item(tag: number, value: Buffer): Buffer {
-  if (value.length > 0xffff) throw new RangeError(`an item holds at most 65535 bytes, tag 0x${tag.toString(16)} has ${value.length}`);
+  if (value.length > 0xffff) throw new InvalidArgumentError(`an item holds at most 65535 bytes, tag 0x${tag.toString(16)} has ${value.length}`);
   const head = Buffer.alloc(3);
   head[0] = tag;
   head.writeUInt16BE(value.length, 1);

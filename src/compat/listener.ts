@@ -2,7 +2,6 @@ import type { AddressInfo } from 'node:net';
 import { listen } from '../util/listen';
 import { createServer, type Server, type TLSSocket, type TlsOptions } from 'node:tls';
 import { toKeylessError } from '../errors';
-import type { KeyRef } from '../keys/registry';
 import type { Logger } from '../log';
 import type { Metrics } from '../metrics/metrics';
 import type { Dispatcher } from '../server/dispatcher';
@@ -10,6 +9,7 @@ import { sessionFor, type SessionInfo } from '../server/session-info';
 import { connectionLimits, guardTlsServer } from '../server/tls';
 import type { LogLimiter } from '../util/log-limiter';
 import { CompatFormatError, ErrorByte, FrameReader, Tag, decodeFrame, encodeFrame } from './codec';
+import { compatKeyRef } from './key-index';
 import { ERROR_BYTE, Opcode, interpretFrame, type CompatRequest } from './request';
 
 const LISTENER = 'cloudflare' as const;
@@ -137,7 +137,7 @@ export class CompatListener {
     }
     const { operation, id } = request;
     if (operation.kind === 'ping') return response(id, Opcode.pong, operation.payload);
-    const ref: KeyRef | undefined = request.ski ? { ski: request.ski } : request.certDigest ? { certDigest: request.certDigest } : undefined;
+    const ref = compatKeyRef(request);
     if (!ref) return response(id, Opcode.error, Buffer.from([ErrorByte.keyNotFound]));
     try {
       const result =

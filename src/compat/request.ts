@@ -1,7 +1,6 @@
-import { createHash } from 'node:crypto';
-import type { SignScheme } from '../crypto/algorithms';
+import { SIGNATURE_ALGORITHMS, type SignatureAlgorithm, type SignScheme } from '../crypto/algorithms';
 import type { HashName } from '../crypto/hashes';
-import type { ErrorCode } from '../errors';
+import { InvalidArgumentError, type ErrorCode } from '../errors';
 import type { RequestFacts } from '../server/session-info';
 import { boundedText, FIELD_LIMITS } from '../util/bounded-text';
 import { ipFromBytes } from '../util/ip';
@@ -19,6 +18,17 @@ const SIGN_OPCODES = new Map<number, { scheme: SignScheme; algorithm: string }>(
   ...(['sha256', 'sha384', 'sha512'] as const).map((hash, i): [number, { scheme: SignScheme; algorithm: string }] => [0x35 + i, { scheme: { kind: 'rsa-pss', hash }, algorithm: `RSA_PSS_${ALGORITHM_LABEL[hash]}` }]),
   [0x18, { scheme: { kind: 'ed25519' }, algorithm: 'ED25519' }],
 ]);
+
+/** keyless.v1 algorithm names → the sign opcode that asks for the same signature (keylessctl's --protocol cloudflare). */
+export const SIGN_OPCODE: Readonly<Record<SignatureAlgorithm, number>> = (() => {
+  const table: Partial<Record<SignatureAlgorithm, number>> = {};
+  for (const [opcode, { algorithm }] of SIGN_OPCODES) {
+    if ((SIGNATURE_ALGORITHMS as readonly string[]).includes(algorithm)) table[algorithm as SignatureAlgorithm] = opcode;
+  }
+  for (const name of SIGNATURE_ALGORITHMS) if (table[name] === undefined) throw new InvalidArgumentError(`no compat sign opcode for ${name}`);
+  return table as Record<SignatureAlgorithm, number>;
+})();
+
 /** Seal, unseal, RPC, custom: defined by the protocol, not offered here. */
 const NOT_OFFERED = new Set([0x21, 0x22, 0x23, 0x24]);
 /** Opcodes only a server sends. */
@@ -106,8 +116,3 @@ export const ERROR_BYTE: Readonly<Record<ErrorCode, number>> = {
   TIMEOUT: ErrorByte.internal,
   INTERNAL: ErrorByte.internal,
 };
-
-/** COMPAT.md's certificate digest: SHA-256 of the RSA modulus written as uppercase hex text. */
-export function certificateDigest(modulus: Buffer): Buffer {
-  return createHash('sha256').update(modulus.toString('hex').toUpperCase()).digest();
-}

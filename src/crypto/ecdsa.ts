@@ -1,3 +1,5 @@
+import { KeyFormatError } from '../errors';
+
 /**
  * ECDSA signature encodings. Tokens (PKCS#11 CKM_ECDSA, CNG) return r||s, each padded to
  * the curve's byte length; TLS and keyless.v1 want a DER ECDSA-Sig-Value.
@@ -17,7 +19,7 @@ function derLength(length: number): Buffer {
 }
 
 export function rawEcdsaToDer(raw: Buffer): Buffer {
-  if (raw.length === 0 || raw.length % 2 !== 0) throw new Error(`ECDSA r||s must have an even, non-zero length, got ${raw.length}`);
+  if (raw.length === 0 || raw.length % 2 !== 0) throw new KeyFormatError(`ECDSA r||s must have an even, non-zero length, got ${raw.length}`);
   const half = raw.length / 2;
   const body = Buffer.concat([derInteger(raw.subarray(0, half)), derInteger(raw.subarray(half))]);
   return Buffer.concat([Buffer.from([0x30]), derLength(body.length), body]);

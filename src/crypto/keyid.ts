@@ -1,4 +1,5 @@
 import { createHash, createPublicKey } from 'node:crypto';
+import { KeyFormatError } from '../errors';
 import type { KeyType } from './algorithms';
 
 /**
@@ -15,8 +16,6 @@ export interface PublicKeyInfo {
   /** SHA-1 of the subjectPublicKey BIT STRING contents (RFC 5280 §4.2.1.2 method 1). */
   readonly ski: Buffer;
   readonly spkiSha256: Buffer;
-  /** RSA only: the modulus, big-endian, no leading zero. The compat port's certificate digest needs it. */
-  readonly modulus?: Buffer;
 }
 
 const CURVE_NAMES: Readonly<Record<string, string>> = {
@@ -29,32 +28,32 @@ const CURVE_NAMES: Readonly<Record<string, string>> = {
 function readTlv(der: Buffer, offset: number): { tag: number; start: number; end: number } {
   const tag = der[offset];
   let lengthByte = der[offset + 1];
-  if (tag === undefined || lengthByte === undefined) throw new Error('truncated DER');
+  if (tag === undefined || lengthByte === undefined) throw new KeyFormatError('truncated DER');
   let start = offset + 2;
   let length = lengthByte;
   if (lengthByte & 0x80) {
     const count = lengthByte & 0x7f;
-    if (count < 1 || count > 3) throw new Error('unsupported DER length');
+    if (count < 1 || count > 3) throw new KeyFormatError('unsupported DER length');
     length = 0;
     for (let i = 0; i < count; i++) {
       const b = der[start + i];
-      if (b === undefined) throw new Error('truncated DER');
+      if (b === undefined) throw new KeyFormatError('truncated DER');
       length = length * 256 + b;
     }
     start += count;
   }
   const end = start + length;
-  if (end > der.length) throw new Error('truncated DER');
+  if (end > der.length) throw new KeyFormatError('truncated DER');
   return { tag, start, end };
 }
 
 /** The subjectPublicKey bits of a SubjectPublicKeyInfo (without the unused-bits byte). */
 export function subjectPublicKeyBits(spki: Buffer): Buffer {
   const outer = readTlv(spki, 0);
-  if (outer.tag !== 0x30) throw new Error('SubjectPublicKeyInfo is not a SEQUENCE');
+  if (outer.tag !== 0x30) throw new KeyFormatError('SubjectPublicKeyInfo is not a SEQUENCE');
   const algorithm = readTlv(spki, outer.start);
   const bitString = readTlv(spki, algorithm.end);
-  if (bitString.tag !== 0x03) throw new Error('subjectPublicKey is not a BIT STRING');
+  if (bitString.tag !== 0x03) throw new KeyFormatError('subjectPublicKey is not a BIT STRING');
   return spki.subarray(bitString.start + 1, bitString.end);
 }
 
@@ -70,18 +69,17 @@ export function describePublicKey(spki: Buffer): PublicKeyInfo {
   switch (key.asymmetricKeyType) {
     case 'rsa': {
       const bits = details.modulusLength ?? 0;
-      if (bits < 2048 || bits > 4096) throw new Error(`RSA keys must be 2048 to 4096 bits, this one has ${bits}`);
-      const jwk = key.export({ format: 'jwk' });
-      return { type: 'rsa', bits, curve: '', modulus: Buffer.from(jwk.n!, 'base64url'), ...ids };
+      if (bits < 2048 || bits > 4096) throw new KeyFormatError(`RSA keys must be 2048 to 4096 bits, this one has ${bits}`);
+      return { type: 'rsa', bits, curve: '', ...ids };
     }
     case 'ec': {
       const curve = CURVE_NAMES[details.namedCurve ?? ''];
-      if (!curve) throw new Error(`unsupported curve ${details.namedCurve ?? '(unnamed)'}: keylessd serves P-256, P-384 and P-521`);
+      if (!curve) throw new KeyFormatError(`unsupported curve ${details.namedCurve ?? '(unnamed)'}: keylessd serves P-256, P-384 and P-521`);
       return { type: 'ec', bits: Number(curve.slice(2)), curve, ...ids };
     }
     case 'ed25519':
       return { type: 'ed25519', bits: 256, curve: '', ...ids };
     default:
-      throw new Error(`unsupported key type ${key.asymmetricKeyType}: keylessd serves RSA, ECDSA and Ed25519`);
+      throw new KeyFormatError(`unsupported key type ${key.asymmetricKeyType}: keylessd serves RSA, ECDSA and Ed25519`);
   }
 }

@@ -1,12 +1,24 @@
-import { certificateDigest } from '../compat/request';
+import type { PublicKeyInfo } from '../crypto/keyid';
 import type { KeyHandle, SkippedKey } from './types';
 
+/**
+ * A way to find keys that some protocol needs and the core does not know about (the compat
+ * port's certificate digest is one: src/compat/key-index.ts). The protocol defines it; the
+ * registry builds it with the others when it is built, so a lookup is one map access.
+ */
+export interface KeyIndex {
+  /** Names the index in messages: "no key with <description> <hex>". */
+  readonly description: string;
+  /** The key's value in this index, or undefined when the key has none (wrong type). */
+  valueOf(publicKey: PublicKeyInfo): Buffer | undefined;
+}
+
+/** How a request names a key: by the core's own identifiers, or through a protocol's KeyIndex. */
 export type KeyRef =
   | { readonly ski: Buffer }
   | { readonly spkiSha256: Buffer }
   | { readonly name: string }
-  /** The Cloudflare protocol's certificate digest (RSA keys only); see src/compat/request.ts. */
-  | { readonly certDigest: Buffer };
+  | { readonly index: KeyIndex; readonly value: Buffer };
 
 export interface KeyOptions {
   /** RSA-OAEP decryption is off unless the key's config enables it (`decrypt`). */
@@ -27,7 +39,7 @@ export class KeyRegistry {
   private readonly byName = new Map<string, RegisteredKey>();
   private readonly bySki = new Map<string, RegisteredKey>();
   private readonly bySpki = new Map<string, RegisteredKey>();
-  private readonly byCertDigest = new Map<string, RegisteredKey>();
+  private readonly byIndex = new Map<KeyIndex, Map<string, RegisteredKey>>();
   readonly skipped: SkippedKey[] = [];
   /**
    * Requests that looked a key up here and have not finished. After a reload swaps in a
@@ -35,7 +47,9 @@ export class KeyRegistry {
    */
   inflight = 0;
 
-  constructor(handles: readonly KeyHandle[], optionsFor: (name: string) => KeyOptions) {
+  /** `indexes`: the extra key-lookup indexes the protocols being served register (see KeyIndex). */
+  constructor(handles: readonly KeyHandle[], optionsFor: (name: string) => KeyOptions, indexes: readonly KeyIndex[] = []) {
+    for (const index of indexes) this.byIndex.set(index, new Map());
     for (const handle of handles) {
       const ski = handle.publicKey.ski.toString('hex');
       const clash = this.byName.get(handle.name) ?? this.bySki.get(ski);
@@ -49,14 +63,17 @@ export class KeyRegistry {
       this.byName.set(handle.name, entry);
       this.bySki.set(ski, entry);
       this.bySpki.set(handle.publicKey.spkiSha256.toString('hex'), entry);
-      if (handle.publicKey.modulus) this.byCertDigest.set(certificateDigest(handle.publicKey.modulus).toString('hex'), entry);
+      for (const [index, map] of this.byIndex) {
+        const value = index.valueOf(handle.publicKey);
+        if (value) map.set(value.toString('hex'), entry);
+      }
     }
   }
 
   find(ref: KeyRef): RegisteredKey | undefined {
     if ('name' in ref) return this.byName.get(ref.name);
     if ('ski' in ref) return this.bySki.get(ref.ski.toString('hex'));
-    if ('certDigest' in ref) return this.byCertDigest.get(ref.certDigest.toString('hex'));
+    if ('index' in ref) return this.byIndex.get(ref.index)?.get(ref.value.toString('hex'));
     return this.bySpki.get(ref.spkiSha256.toString('hex'));
   }
 
@@ -72,6 +89,6 @@ export class KeyRegistry {
 export function describeKeyRef(ref: KeyRef): string {
   if ('name' in ref) return `name "${ref.name}"`;
   if ('ski' in ref) return `SKI ${ref.ski.toString('hex')}`;
-  if ('certDigest' in ref) return `certificate digest ${ref.certDigest.toString('hex')}`;
+  if ('index' in ref) return `${ref.index.description} ${ref.value.toString('hex')}`;
   return `SPKI SHA-256 ${ref.spkiSha256.toString('hex')}`;
 }

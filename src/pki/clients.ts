@@ -4,7 +4,7 @@ import { X509Certificate, createHash, webcrypto } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { issueCertificate, type CertificateAndKey } from './certificates';
-import { PKI_FILES } from './init';
+import { PKI_FILES, PkiError } from './init';
 
 x509.cryptoProvider.set(webcrypto as never);
 
@@ -18,7 +18,7 @@ export const CLIENTS_DIR = 'clients';
 const ALGORITHM = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
 const DAY_MS = 86_400_000;
 
-export class PkiError extends Error {}
+export { PkiError };
 
 function readCa(dir: string): CertificateAndKey {
   const read = (name: string) => {

@@ -1,7 +1,13 @@
 import { generateKeyPairSync } from 'node:crypto';
 import { mkdir, writeFile, access } from 'node:fs/promises';
 import { join } from 'node:path';
+import { KeylessdError } from '../errors';
 import { createCa, issueCertificate, type CertificateAndKey } from './certificates';
+
+/** The PKI folder is missing, unreadable or inconsistent, or an operation would break it. */
+export class PkiError extends KeylessdError {
+  readonly code = 'PKI';
+}
 
 export interface PkiOptions {
   readonly caName: string;
@@ -46,7 +52,7 @@ async function writePair(dir: string, certName: string, keyName: string, pair: C
  */
 export async function initPki(dir: string, options: PkiOptions): Promise<void> {
   if (await exists(join(dir, PKI_FILES.caKey))) {
-    throw new Error(`${join(dir, PKI_FILES.caKey)} already exists; refusing to replace a CA (choose an empty folder)`);
+    throw new PkiError(`${join(dir, PKI_FILES.caKey)} already exists; refusing to replace a CA (choose an empty folder)`);
   }
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const ca = await createCa({ commonName: options.caName, days: options.caDays });

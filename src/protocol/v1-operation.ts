@@ -1,6 +1,7 @@
 import { SCHEME_OF, type DecryptPadding, type SignatureAlgorithm, type SignScheme } from '../crypto/algorithms';
 import { BadRequestError } from '../errors';
 import type { KeyRef } from '../keys/registry';
+import type { RequestFacts } from '../server/session-info';
 import { boundedText, FIELD_LIMITS } from '../util/bounded-text';
 import { ipFromBytes } from '../util/ip';
 import { decryptPaddingFromMessage, keyRefFromMessage, signatureAlgorithmFromMessage, type RequestMessage } from './v1';
@@ -18,13 +19,6 @@ export type V1Operation =
   | { readonly kind: 'decrypt'; readonly key: KeyRef; readonly padding: DecryptPadding; readonly ciphertext: Buffer }
   | { readonly kind: 'listKeys' }
   | { readonly kind: 'getKey'; readonly key: KeyRef };
-
-export interface V1RequestContext {
-  readonly sni?: string;
-  readonly clientIp?: string;
-  readonly serverIp?: string;
-  readonly requestId?: string;
-}
 
 /** Throws BadRequestError naming the problem; pure, so it can be fuzzed. */
 export function interpretRequest(request: RequestMessage): V1Operation {
@@ -52,8 +46,11 @@ export function interpretRequest(request: RequestMessage): V1Operation {
   }
 }
 
-/** Throws BadRequestError for an address of the wrong length, as the compat port does; texts are bounded. */
-export function requestContext(request: RequestMessage): V1RequestContext | undefined {
+/**
+ * The Request's context as the core's RequestFacts (keyless.v1 carries no compliance region).
+ * Throws BadRequestError for an address of the wrong length, as the compat port does; texts are bounded.
+ */
+export function requestContext(request: RequestMessage): RequestFacts | undefined {
   const context = request.context;
   if (!context) return undefined;
   return {

@@ -5,8 +5,11 @@
 import Long from 'long';
 import { keyless } from '../gen/keyless';
 import { SIGNATURE_ALGORITHMS, type DecryptPadding, type SignatureAlgorithm } from '../crypto/algorithms';
-import { BadRequestError, ERROR_CODES, type ErrorCode } from '../errors';
+import { BadRequestError, ERROR_CODES, InvalidArgumentError, type ErrorCode } from '../errors';
 import type { KeyRef } from '../keys/registry';
+
+/** The WebSocket subprotocol a keyless.v1 client offers and the server requires: defined here only. */
+export const SUBPROTOCOL = 'keyless.v1';
 
 export const pb = keyless.v1;
 export type RequestMessage = keyless.v1.Request;
@@ -31,12 +34,27 @@ export function encodeResponse(response: keyless.v1.Response.$Properties): Uint8
   return pb.Response.encode(response).finish();
 }
 
+/** keyless.v1's one table from the core's error codes to the wire's ErrorCode enum (proto/keyless.proto). */
+export const V1_ERROR_CODE: Readonly<Record<ErrorCode, keyless.v1.ErrorCode>> = {
+  BAD_REQUEST: pb.ErrorCode.BAD_REQUEST,
+  KEY_NOT_FOUND: pb.ErrorCode.KEY_NOT_FOUND,
+  FORBIDDEN: pb.ErrorCode.FORBIDDEN,
+  UNSUPPORTED: pb.ErrorCode.UNSUPPORTED,
+  CRYPTO_FAILURE: pb.ErrorCode.CRYPTO_FAILURE,
+  BACKEND_UNAVAILABLE: pb.ErrorCode.BACKEND_UNAVAILABLE,
+  OVERLOADED: pb.ErrorCode.OVERLOADED,
+  TIMEOUT: pb.ErrorCode.TIMEOUT,
+  INTERNAL: pb.ErrorCode.INTERNAL,
+};
+const CODE_OF_WIRE = new Map<number, ErrorCode>(ERROR_CODES.map((code) => [V1_ERROR_CODE[code], code]));
+
 export function errorResponse(id: RequestId | null | undefined, code: ErrorCode, message: string): Uint8Array {
-  return encodeResponse({ id: id ?? 0, error: { code: pb.ErrorCode[code], message } });
+  return encodeResponse({ id: id ?? 0, error: { code: V1_ERROR_CODE[code], message } });
 }
 
+/** The core's code for a wire ErrorCode; ERROR_CODE_UNSPECIFIED for 0 and values this build does not know. */
 export function errorCodeName(code: number | null | undefined): ErrorCode | 'ERROR_CODE_UNSPECIFIED' {
-  return code ? (ERROR_CODES[code - 1] ?? 'ERROR_CODE_UNSPECIFIED') : 'ERROR_CODE_UNSPECIFIED';
+  return (code ? CODE_OF_WIRE.get(code) : undefined) ?? 'ERROR_CODE_UNSPECIFIED';
 }
 
 /** The request id as a JS number when it fits, else its decimal string (for logs and the audit trail). */
@@ -62,7 +80,7 @@ export function keyRefFromMessage(ref: keyless.v1.KeyRef.$Properties | null | un
 export function keyRefToMessage(ref: KeyRef): keyless.v1.KeyRef.$Properties {
   if ('name' in ref) return { name: ref.name };
   if ('ski' in ref) return { ski: ref.ski };
-  if ('certDigest' in ref) throw new TypeError('keyless.v1 has no certificate-digest key reference');
+  if ('index' in ref) throw new InvalidArgumentError(`keyless.v1 cannot name a key by ${ref.index.description}`);
   return { spkiSha256: ref.spkiSha256 };
 }
 

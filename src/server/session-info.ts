@@ -17,7 +17,11 @@ export interface SessionInfo {
   membership?: { readonly policy: Policy; readonly groups: Membership };
 }
 
-/** Optional facts about the end user's TLS connection, recorded in the audit log and usable by policy. */
+/**
+ * Optional facts about the end user's TLS connection, recorded in the audit log and usable by
+ * policy: the one neutral shape both protocols map their request context onto (keyless.v1:
+ * requestContext in src/protocol/v1-operation.ts; compat: interpretFrame in src/compat/request.ts).
+ */
 export interface RequestFacts {
   readonly sni?: string;
   readonly clientIp?: string;

@@ -4,6 +4,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { TLSSocket, TlsOptions } from 'node:tls';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { Logger } from '../log';
+import { SUBPROTOCOL } from '../protocol/v1';
 import type { Metrics } from '../metrics/metrics';
 import type { Dispatcher } from './dispatcher';
 import { sessionFor } from './session-info';
@@ -11,7 +12,6 @@ import { connectionLimits, guardTlsServer } from './tls';
 import { CloseCode, V1Session } from './v1-session';
 import type { LogLimiter } from '../util/log-limiter';
 
-export const SUBPROTOCOL = 'keyless.v1';
 const LISTENER = 'keyless.v1' as const;
 
 export interface V1ListenerOptions {

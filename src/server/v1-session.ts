@@ -6,7 +6,7 @@ import type { Metrics } from '../metrics/metrics';
 import { decodeRequest, encodeResponse, errorResponse, type RequestMessage } from '../protocol/v1';
 import { interpretRequest, requestContext } from '../protocol/v1-operation';
 import type { Dispatcher } from './dispatcher';
-import { keyInfoMessage } from './key-info';
+import { keyInfoMessage } from '../protocol/v1-key-info';
 import type { SessionInfo } from './session-info';
 import type { LogLimiter } from '../util/log-limiter';
 

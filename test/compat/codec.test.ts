@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { CompatFormatError, FrameReader, decodeFrame, encodeFrame } from '../../src/compat/codec';
-import { ERROR_BYTE, certificateDigest, interpretFrame } from '../../src/compat/request';
+import { certificateDigest } from '../../src/compat/key-index';
+import { ERROR_BYTE, interpretFrame } from '../../src/compat/request';
 import { ERROR_CODES } from '../../src/errors';
 
 // Fixtures written by hand from COMPAT.md, not produced by the encoder.

@@ -3,7 +3,8 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CompatClient } from '../../src/compat/client';
 import { Tag, encodeFrame } from '../../src/compat/codec';
-import { Opcode, certificateDigest } from '../../src/compat/request';
+import { certificateDigest } from '../../src/compat/key-index';
+import { Opcode } from '../../src/compat/request';
 import { hashMessage } from '../../src/crypto/hashes';
 import { describePublicKey } from '../../src/crypto/keyid';
 import { issueCertificate } from '../../src/pki/certificates';
@@ -66,7 +67,7 @@ describe.each(['TLSv1.2', 'TLSv1.3'] as const)('over %s', (version) => {
     [0x36, 'sha384', 48],
     [0x37, 'sha512', 64],
   ] as const)('RSA-PSS opcode 0x%s, found by certificate digest, uses salt = hash length', async (opcode, hash, saltLength) => {
-    const modulus = describePublicKey(createPublicKey(keys.rsa!).export({ format: 'der', type: 'spki' })).modulus!;
+    const modulus = Buffer.from(createPublicKey(keys.rsa!).export({ format: 'jwk' }).n!, 'base64url');
     const answer = await c.request(opcode, hashMessage(hash, message), [[Tag.certDigest, certificateDigest(modulus)]]);
     expect(verify(hash, message, { key: createPublicKey(keys.rsa!), padding: constants.RSA_PKCS1_PSS_PADDING, saltLength }, answer.payload)).toBe(true);
   });

@@ -2,12 +2,12 @@ import { WebSocket } from 'ws';
 import { parseArgs } from 'node:util';
 import { SCHEME_OF, SIGNATURE_ALGORITHMS, type SignatureAlgorithm } from '../../crypto/algorithms';
 import { HASH_LENGTH } from '../../crypto/hashes';
-import { SUBPROTOCOL } from '../../client/session';
+import { SUBPROTOCOL } from '../../protocol/v1';
 import { measureLocalLimit } from '../../bench/local-limit';
 import { runLoad, webSocketConnection, type BenchConnection, type LoadResult } from '../../bench/load';
 import { FrameReader } from '../../compat/codec';
-import { Opcode } from '../../compat/request';
-import { OPCODE_OF, cloudflareBenchProtocol, connectCloudflare, skiFromFlag } from './cloudflare';
+import { Opcode, SIGN_OPCODE } from '../../compat/request';
+import { cloudflareBenchProtocol, connectCloudflare, skiFromFlag } from './cloudflare';
 import { v1Protocol } from '../../bench/v1-protocol';
 import { signatureAlgorithmNumber } from '../../protocol/v1';
 import type { Command } from './commands';
@@ -139,7 +139,7 @@ ${CONNECTION_HELP}`,
       const input = scheme.kind === 'ed25519' ? { message: Buffer.alloc(32, 7) } : { digest: Buffer.alloc(HASH_LENGTH[scheme.hash], 7) };
       if (cloudflare) {
         const ski = skiFromFlag(values.key);
-        protocol = cloudflareBenchProtocol(OPCODE_OF[algorithm as SignatureAlgorithm], 'digest' in input ? input.digest! : input.message!, ski);
+        protocol = cloudflareBenchProtocol(SIGN_OPCODE[algorithm as SignatureAlgorithm], 'digest' in input ? input.digest! : input.message!, ski);
         label = `${algorithm} over the Cloudflare protocol with SKI ${ski.toString('hex')}, ${sessions} sessions x ${inflight} in flight`;
       } else {
         const probe = await openSession(values);

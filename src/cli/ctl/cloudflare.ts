@@ -2,41 +2,9 @@ import { CompatClient } from '../../compat/client';
 import type { BenchProtocol } from '../../bench/load';
 import { Tag, decodeFrame, encodeFrame, PADDED_LENGTH } from '../../compat/codec';
 import { Opcode } from '../../compat/request';
-import type { SignatureAlgorithm } from '../../crypto/algorithms';
 import { isIP } from 'node:net';
 import { UsageError, sessionOptions, type ConnectionFlags } from './connection';
 import { WrongProtocolError } from './exit';
-
-/** keyless.v1 algorithm names → the Cloudflare protocol's sign opcodes. */
-export const OPCODE_OF: Readonly<Record<SignatureAlgorithm, number>> = {
-  RSA_PKCS1_MD5_SHA1: 0x02,
-  RSA_PKCS1_SHA1: 0x03,
-  RSA_PKCS1_SHA256: 0x05,
-  RSA_PKCS1_SHA384: 0x06,
-  RSA_PKCS1_SHA512: 0x07,
-  RSA_PSS_SHA256: 0x35,
-  RSA_PSS_SHA384: 0x36,
-  RSA_PSS_SHA512: 0x37,
-  ECDSA_SHA1: 0x13,
-  ECDSA_SHA256: 0x15,
-  ECDSA_SHA384: 0x16,
-  ECDSA_SHA512: 0x17,
-  ED25519: 0x18,
-};
-
-export const ERROR_NAMES: Readonly<Record<number, string>> = {
-  1: 'cryptography failure',
-  2: 'key not found',
-  3: 'read error',
-  4: 'version mismatch',
-  5: 'bad opcode',
-  6: 'unexpected opcode',
-  7: 'format error',
-  8: 'internal error',
-  9: 'certificate not found',
-  10: 'expired',
-  11: 'remote configuration error',
-};
 
 /** The compat port from --server (host:port; default 127.0.0.1:2407) with the usual credentials. */
 export async function connectCloudflare(flags: ConnectionFlags): Promise<CompatClient> {

@@ -12,9 +12,9 @@ import { CheckFailedError } from './exit';
 import { PKI_CLIENT_HELP, runPkiClients } from './pki-clients';
 import { parseKeyRef } from './keyref';
 import type { keyless } from '../../gen/keyless';
-import { ERROR_NAMES, OPCODE_OF, connectCloudflare, skiFromFlag } from './cloudflare';
-import { Opcode } from '../../compat/request';
-import { Tag } from '../../compat/codec';
+import { connectCloudflare, skiFromFlag } from './cloudflare';
+import { Opcode, SIGN_OPCODE } from '../../compat/request';
+import { ERROR_BYTE_NAMES, Tag } from '../../compat/codec';
 import { SCHEME_OF } from '../../crypto/algorithms';
 import { hashMessage } from '../../crypto/hashes';
 
@@ -160,8 +160,8 @@ ${CONNECTION_HELP}`,
       const payload = 'digest' in input ? input.digest : scheme.kind === 'ed25519' ? input.message : hashMessage(scheme.hash, input.message);
       const client = await connectCloudflare(values);
       try {
-        const answer = await client.request(OPCODE_OF[algorithm as SignatureAlgorithm], payload, [[Tag.ski, ski]]);
-        if (answer.opcode === Opcode.error) throw new CheckFailedError(`server answered error 0x${(answer.payload[0] ?? 0).toString(16).padStart(2, '0')} (${ERROR_NAMES[answer.payload[0] ?? 0] ?? 'unknown'})`);
+        const answer = await client.request(SIGN_OPCODE[algorithm as SignatureAlgorithm], payload, [[Tag.ski, ski]]);
+        if (answer.opcode === Opcode.error) throw new CheckFailedError(`server answered error 0x${(answer.payload[0] ?? 0).toString(16).padStart(2, '0')} (${ERROR_BYTE_NAMES[answer.payload[0] ?? 0] ?? 'unknown'})`);
         writeOutput(answer.payload, values.format!, values.out);
       } finally {
         client.close();

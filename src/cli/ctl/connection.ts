@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { KeylessSession, type SessionOptions } from '../../client/session';
 import { pkiDir, stateDir } from '../../devstate';
 import { PKI_FILES } from '../../pki/init';
+import { KeylessdError } from '../../errors';
 import { describeFsError } from './io';
 import { WrongProtocolError } from './exit';
 
@@ -35,7 +36,10 @@ export interface ConnectionFlags {
   'timeout-ms'?: string;
 }
 
-export class UsageError extends Error {}
+/** The command line is wrong: exit status 2 with the message. */
+export class UsageError extends KeylessdError {
+  readonly code = 'USAGE';
+}
 
 function readNamed(what: string, path: string): Buffer {
   try {

@@ -2,6 +2,8 @@
  * keylessctl's exit statuses. Scripts branch on them: 1 means the server (or a check) said
  * no, 2 that the command line was wrong, 3 that no answer could be had at all.
  */
+import { KeylessdError } from '../../errors';
+
 export const EXIT = {
   ok: 0,
   /** The server refused or failed the operation (an error code), or a check failed (audit verify, bench errors). */
@@ -13,11 +15,13 @@ export const EXIT = {
 } as const;
 
 /** A failure that is not a usage or connection problem and not a server error code: a check that failed. */
-export class CheckFailedError extends Error {
+export class CheckFailedError extends KeylessdError {
+  readonly code = 'CHECK_FAILED';
   readonly exitCode: number = EXIT.refused;
 }
 
 /** The other end answered, but in another protocol or not at all in this one. */
-export class WrongProtocolError extends Error {
+export class WrongProtocolError extends KeylessdError {
+  readonly code = 'WRONG_PROTOCOL';
   readonly exitCode: number = EXIT.connection;
 }

@@ -1,6 +1,7 @@
+/** keyless.v1's KeyInfo for a registered key: how this protocol describes the core's key model. */
 import { algorithmsFor } from '../crypto/algorithms';
 import type { RegisteredKey } from '../keys/registry';
-import { signatureAlgorithmNumber, type KeyInfoMessage } from '../protocol/v1';
+import { signatureAlgorithmNumber, type KeyInfoMessage } from './v1';
 
 export function keyInfoMessage(key: RegisteredKey): KeyInfoMessage {
   const pub = key.handle.publicKey;

@@ -1,4 +1,4 @@
-import { SIGNATURE_ALGORITHMS, type SignatureAlgorithm, type SignScheme } from '../crypto/algorithms';
+import { SIGNATURE_ALGORITHMS, algorithmFor, isSignatureAlgorithm, type AlgorithmName, type SignatureAlgorithm, type SignScheme } from '../crypto/algorithms';
 import type { HashName } from '../crypto/hashes';
 import { InvalidArgumentError, type ErrorCode } from '../errors';
 import type { RequestFacts } from '../server/session-info';
@@ -9,21 +9,22 @@ import { CompatFormatError, ErrorByte, Tag, type Frame } from './codec';
 export const Opcode = { rsaDecrypt: 0x01, ping: 0xf1, response: 0xf0, pong: 0xf2, error: 0xff } as const;
 
 const HASHES: readonly HashName[] = ['md5-sha1', 'sha1', 'sha224', 'sha256', 'sha384', 'sha512'];
-const ALGORITHM_LABEL: Readonly<Record<string, string>> = { 'md5-sha1': 'MD5_SHA1', sha1: 'SHA1', sha224: 'SHA224', sha256: 'SHA256', sha384: 'SHA384', sha512: 'SHA512' };
 
-/** Sign opcodes (COMPAT.md) → what to sign with, and the keyless.v1-style name used in metrics, policy and audit. */
-const SIGN_OPCODES = new Map<number, { scheme: SignScheme; algorithm: string }>([
-  ...HASHES.map((hash, i): [number, { scheme: SignScheme; algorithm: string }] => [0x02 + i, { scheme: { kind: 'rsa-pkcs1', hash }, algorithm: `RSA_PKCS1_${ALGORITHM_LABEL[hash]}` }]),
-  ...HASHES.map((hash, i): [number, { scheme: SignScheme; algorithm: string }] => [0x12 + i, { scheme: { kind: 'ecdsa', hash }, algorithm: `ECDSA_${ALGORITHM_LABEL[hash]}` }]),
-  ...(['sha256', 'sha384', 'sha512'] as const).map((hash, i): [number, { scheme: SignScheme; algorithm: string }] => [0x35 + i, { scheme: { kind: 'rsa-pss', hash }, algorithm: `RSA_PSS_${ALGORITHM_LABEL[hash]}` }]),
-  [0x18, { scheme: { kind: 'ed25519' }, algorithm: 'ED25519' }],
-]);
+/** Sign opcodes (COMPAT.md) → what to sign with, and its algorithm name (metrics, policy, audit). */
+const SIGN_OPCODES = new Map<number, { scheme: SignScheme; algorithm: AlgorithmName }>(
+  [
+    ...HASHES.map((hash, i): [number, SignScheme] => [0x02 + i, { kind: 'rsa-pkcs1', hash }]),
+    ...HASHES.map((hash, i): [number, SignScheme] => [0x12 + i, { kind: 'ecdsa', hash }]),
+    ...(['sha256', 'sha384', 'sha512'] as const).map((hash, i): [number, SignScheme] => [0x35 + i, { kind: 'rsa-pss', hash }]),
+    [0x18, { kind: 'ed25519' }] as [number, SignScheme],
+  ].map(([opcode, scheme]) => [opcode, { scheme, algorithm: algorithmFor(scheme) }]),
+);
 
 /** keyless.v1 algorithm names → the sign opcode that asks for the same signature (keylessctl's --protocol cloudflare). */
 export const SIGN_OPCODE: Readonly<Record<SignatureAlgorithm, number>> = (() => {
   const table: Partial<Record<SignatureAlgorithm, number>> = {};
   for (const [opcode, { algorithm }] of SIGN_OPCODES) {
-    if ((SIGNATURE_ALGORITHMS as readonly string[]).includes(algorithm)) table[algorithm as SignatureAlgorithm] = opcode;
+    if (isSignatureAlgorithm(algorithm)) table[algorithm] = opcode;
   }
   for (const name of SIGNATURE_ALGORITHMS) if (table[name] === undefined) throw new InvalidArgumentError(`no compat sign opcode for ${name}`);
   return table as Record<SignatureAlgorithm, number>;
@@ -36,7 +37,7 @@ const SERVER_ONLY = new Set<number>([Opcode.response, Opcode.pong, Opcode.error]
 
 export type CompatOperation =
   | { readonly kind: 'ping'; readonly payload: Buffer }
-  | { readonly kind: 'sign'; readonly scheme: SignScheme; readonly algorithm: string; readonly payload: Buffer }
+  | { readonly kind: 'sign'; readonly scheme: SignScheme; readonly algorithm: AlgorithmName; readonly payload: Buffer }
   | { readonly kind: 'decrypt'; readonly payload: Buffer };
 
 export interface CompatRequest {

@@ -1,4 +1,5 @@
 import { HASH_LENGTH, type HashName } from './hashes';
+import { InvalidArgumentError } from '../errors';
 
 export type KeyType = 'rsa' | 'ec' | 'ed25519';
 
@@ -32,7 +33,21 @@ export const SIGNATURE_ALGORITHMS = [
 ] as const;
 export type SignatureAlgorithm = (typeof SIGNATURE_ALGORITHMS)[number];
 
-export const SCHEME_OF: Readonly<Record<SignatureAlgorithm, SignScheme>> = {
+/** Signatures only the Cloudflare-compatible port can ask for: keyless.v1 has no enum value for them. */
+export const COMPAT_ONLY_ALGORITHMS = ['RSA_PKCS1_SHA224', 'ECDSA_SHA224', 'ECDSA_MD5_SHA1'] as const;
+
+/**
+ * Every signature algorithm a request can name, on either port: the one closed set that
+ * metrics labels, policy and audit records draw from.
+ */
+export const ALGORITHM_NAMES = [...SIGNATURE_ALGORITHMS, ...COMPAT_ONLY_ALGORITHMS] as const;
+export type AlgorithmName = (typeof ALGORITHM_NAMES)[number];
+
+export function isSignatureAlgorithm(name: string): name is SignatureAlgorithm {
+  return (SIGNATURE_ALGORITHMS as readonly string[]).includes(name);
+}
+
+export const SCHEME_OF: Readonly<Record<AlgorithmName, SignScheme>> = {
   RSA_PKCS1_SHA256: { kind: 'rsa-pkcs1', hash: 'sha256' },
   RSA_PKCS1_SHA384: { kind: 'rsa-pkcs1', hash: 'sha384' },
   RSA_PKCS1_SHA512: { kind: 'rsa-pkcs1', hash: 'sha512' },
@@ -46,7 +61,20 @@ export const SCHEME_OF: Readonly<Record<SignatureAlgorithm, SignScheme>> = {
   ECDSA_SHA512: { kind: 'ecdsa', hash: 'sha512' },
   ECDSA_SHA1: { kind: 'ecdsa', hash: 'sha1' },
   ED25519: { kind: 'ed25519' },
+  RSA_PKCS1_SHA224: { kind: 'rsa-pkcs1', hash: 'sha224' },
+  ECDSA_SHA224: { kind: 'ecdsa', hash: 'sha224' },
+  ECDSA_MD5_SHA1: { kind: 'ecdsa', hash: 'md5-sha1' },
 };
+
+/** The name of the algorithm that signs with `scheme` (every scheme a request can ask for has one). */
+export function algorithmFor(scheme: SignScheme): AlgorithmName {
+  const name = ALGORITHM_NAMES.find((candidate) => {
+    const known = SCHEME_OF[candidate];
+    return known.kind === scheme.kind && (known.kind === 'ed25519' || (scheme.kind !== 'ed25519' && known.hash === scheme.hash));
+  });
+  if (name === undefined) throw new InvalidArgumentError(`no algorithm name for ${describeScheme(scheme)}`);
+  return name;
+}
 
 export function keyTypeOf(scheme: SignScheme): KeyType {
   return scheme.kind === 'ecdsa' ? 'ec' : scheme.kind === 'ed25519' ? 'ed25519' : 'rsa';

@@ -1,4 +1,4 @@
-import type { SignatureAlgorithm } from '../crypto/algorithms';
+import type { AlgorithmName } from '../crypto/algorithms';
 import { ConfigError } from '../errors';
 import type { ClientIdentity } from './identity';
 import { anyMatch, compilePattern, type Matcher } from './pattern';
@@ -28,7 +28,7 @@ interface CompiledGroup {
 interface CompiledKeyPolicy {
   readonly groups: readonly string[];
   readonly operations: ReadonlySet<Operation>;
-  readonly algorithms?: ReadonlySet<SignatureAlgorithm>;
+  readonly algorithms?: ReadonlySet<AlgorithmName>;
 }
 
 export interface PolicyConfig {
@@ -91,7 +91,7 @@ export class Policy {
     return { groups, regional };
   }
 
-  check(member: Membership, keyName: string, operation: Operation, algorithm?: SignatureAlgorithm, complianceRegion?: number): Decision {
+  check(member: Membership, keyName: string, operation: Operation, algorithm?: AlgorithmName, complianceRegion?: number): Decision {
     const policy = this.keys.get(keyName);
     if (!policy) return this.defaultAllows ? ALLOWED : { allowed: false, reason: `key ${keyName} has no policy and default_policy is deny` };
     if (!policy.operations.has(operation)) return { allowed: false, reason: `key ${keyName} does not allow ${operation}` };

@@ -1,4 +1,4 @@
-import { digestLength, describeScheme, keyTypeOf, type DecryptPadding, type SignatureAlgorithm, type SignScheme } from '../crypto/algorithms';
+import { digestLength, describeScheme, keyTypeOf, type AlgorithmName, type DecryptPadding, type SignScheme } from '../crypto/algorithms';
 import { hashMessage } from '../crypto/hashes';
 import type { AuditLog } from '../audit/log';
 import { AuditRecords } from '../audit/record';
@@ -22,6 +22,9 @@ import type { Membership, Operation, Policy } from '../policy/policy';
 import { withTimeout } from '../util/timeout';
 import { FairScheduler, callCost } from './fair-scheduler';
 import type { RequestFacts, SessionInfo } from './session-info';
+
+/** What is asked of a key: a signature with a named algorithm, or a decryption with a padding. */
+type OperationRequest = { readonly operation: 'sign'; readonly algorithm: AlgorithmName } | { readonly operation: 'decrypt' | 'decrypt_raw'; readonly padding: DecryptPadding };
 
 export type SignInput = { readonly digest: Buffer } | { readonly message: Buffer };
 
@@ -81,8 +84,8 @@ export class Dispatcher {
   }
 
   /** `algorithm` names the request in metrics, policy and audit: a keyless.v1 algorithm, or the compat port's equivalent. */
-  sign(session: SessionInfo, ref: KeyRef, algorithm: string, scheme: SignScheme, input: SignInput, facts?: RequestFacts): Promise<Buffer> {
-    return this.track(session, 'sign', algorithm, ref, facts, async (key) => {
+  sign(session: SessionInfo, ref: KeyRef, algorithm: AlgorithmName, scheme: SignScheme, input: SignInput, facts?: RequestFacts): Promise<Buffer> {
+    return this.track(session, { operation: 'sign', algorithm }, ref, facts, async (key) => {
       const type = key.handle.publicKey.type;
       if (keyTypeOf(scheme) !== type) throw new UnsupportedError(`key ${key.handle.name} is ${type}; it cannot sign ${describeScheme(scheme)}`);
       return key.handle.sign(scheme, signingInput(scheme, input));
@@ -95,7 +98,7 @@ export class Dispatcher {
    */
   decrypt(session: SessionInfo, ref: KeyRef, padding: DecryptPadding, ciphertext: Buffer, facts?: RequestFacts): Promise<Buffer> {
     const operation: Operation = padding === 'rsa-raw' ? 'decrypt_raw' : 'decrypt';
-    return this.track(session, operation, padding, ref, facts, async (key) => {
+    return this.track(session, { operation, padding }, ref, facts, async (key) => {
       if (key.handle.publicKey.type !== 'rsa') throw new UnsupportedError(`key ${key.handle.name} is ${key.handle.publicKey.type}; only RSA keys decrypt`);
       if (operation === 'decrypt_raw' && !key.rawDecryptAllowed) throw new ForbiddenError(`raw RSA decryption (RSA_RAW) is not enabled for key ${key.handle.name} (decrypt_raw)`);
       if (operation === 'decrypt' && !key.decryptAllowed) throw new ForbiddenError(`decryption is not enabled for key ${key.handle.name}`);
@@ -134,12 +137,13 @@ export class Dispatcher {
 
   private async track(
     session: SessionInfo,
-    operation: Operation,
-    algorithm: string,
+    request: OperationRequest,
     ref: KeyRef,
     facts: RequestFacts | undefined,
     work: (key: RegisteredKey) => Promise<Buffer>,
   ): Promise<Buffer> {
+    const { operation } = request;
+    const algorithm = request.operation === 'sign' ? request.algorithm : request.padding;
     const state = this.state();
     if (session.inflight >= state.maxInflightPerSession || this.inflightTotal >= state.maxInflightTotal) {
       this.metrics.recordRequest(session.listener, operation, algorithm, 'none', 'OVERLOADED', 0);
@@ -161,7 +165,7 @@ export class Dispatcher {
     try {
       key = registry.find(ref);
       if (!key) throw new KeyNotFoundError(`no key with ${describeKeyRef(ref)}`);
-      this.authorize(session, state.policy, key, operation, algorithm, facts);
+      this.authorize(session, state.policy, key, request, facts);
       if (this.audit?.refuseUnlogged && !this.audit.log.writable()) throw new BackendUnavailableError('the audit log cannot be written; refusing key operations until it can');
       outcome = { result: await this.call(key, operation, work, session) };
     } catch (err) {
@@ -206,8 +210,9 @@ export class Dispatcher {
     return outcome.result;
   }
 
-  private authorize(session: SessionInfo, policy: Policy, key: RegisteredKey, operation: Operation, algorithm: string, facts: RequestFacts | undefined): void {
-    const decision = policy.check(this.membership(session, policy), key.handle.name, operation, operation === 'sign' ? (algorithm as SignatureAlgorithm) : undefined, facts?.complianceRegion);
+  private authorize(session: SessionInfo, policy: Policy, key: RegisteredKey, request: OperationRequest, facts: RequestFacts | undefined): void {
+    const { operation } = request;
+    const decision = policy.check(this.membership(session, policy), key.handle.name, operation, request.operation === 'sign' ? request.algorithm : undefined, facts?.complianceRegion);
     if (decision.allowed) return;
     this.metrics.policyDenials.inc({ key: key.handle.name });
     throw new ForbiddenError(`${operation} with key ${key.handle.name} is not allowed for this client`, decision.reason);

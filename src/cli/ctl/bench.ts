@@ -1,6 +1,6 @@
 import { WebSocket } from 'ws';
 import { parseArgs } from 'node:util';
-import { SCHEME_OF, SIGNATURE_ALGORITHMS, type SignatureAlgorithm } from '../../crypto/algorithms';
+import { SCHEME_OF, SIGNATURE_ALGORITHMS, isSignatureAlgorithm } from '../../crypto/algorithms';
 import { HASH_LENGTH } from '../../crypto/hashes';
 import { SUBPROTOCOL } from '../../protocol/v1';
 import { measureLocalLimit } from '../../bench/local-limit';
@@ -133,18 +133,18 @@ ${CONNECTION_HELP}`,
     } else if (values.operation === 'sign') {
       if (!values.key) throw new UsageError('--key is required for sign');
       const algorithm = (values.algorithm ?? '').toUpperCase();
-      if (!(SIGNATURE_ALGORITHMS as readonly string[]).includes(algorithm)) throw new UsageError(`--algorithm must be one of ${SIGNATURE_ALGORITHMS.join(', ')}`);
+      if (!isSignatureAlgorithm(algorithm)) throw new UsageError(`--algorithm must be one of ${SIGNATURE_ALGORITHMS.join(', ')}`);
       const ref = parseKeyRef(values.key);
-      const scheme = SCHEME_OF[algorithm as SignatureAlgorithm];
+      const scheme = SCHEME_OF[algorithm];
       const input = scheme.kind === 'ed25519' ? { message: Buffer.alloc(32, 7) } : { digest: Buffer.alloc(HASH_LENGTH[scheme.hash], 7) };
       if (cloudflare) {
         const ski = skiFromFlag(values.key);
-        protocol = cloudflareBenchProtocol(SIGN_OPCODE[algorithm as SignatureAlgorithm], 'digest' in input ? input.digest! : input.message!, ski);
+        protocol = cloudflareBenchProtocol(SIGN_OPCODE[algorithm], 'digest' in input ? input.digest! : input.message!, ski);
         label = `${algorithm} over the Cloudflare protocol with SKI ${ski.toString('hex')}, ${sessions} sessions x ${inflight} in flight`;
       } else {
         const probe = await openSession(values);
         const info = await probe.getKey(ref).finally(() => probe.close());
-        protocol = v1Protocol({ sign: { key: keyRefToMessage(ref), algorithm: signatureAlgorithmNumber(algorithm as SignatureAlgorithm), ...input } });
+        protocol = v1Protocol({ sign: { key: keyRefToMessage(ref), algorithm: signatureAlgorithmNumber(algorithm), ...input } });
         limitKey = { type: info.type as 'rsa' | 'ec' | 'ed25519', bits: info.bits ?? 0, curve: info.curve ?? '' };
         label = `${algorithm} with ${info.name} (${info.backend}), ${sessions} sessions x ${inflight} in flight`;
       }

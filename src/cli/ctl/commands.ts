@@ -1,5 +1,5 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { SIGNATURE_ALGORITHMS, type SignatureAlgorithm } from '../../crypto/algorithms';
+import { SCHEME_OF, SIGNATURE_ALGORITHMS, isSignatureAlgorithm } from '../../crypto/algorithms';
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { stringify } from 'yaml';
@@ -15,7 +15,6 @@ import type { keyless } from '../../gen/keyless';
 import { connectCloudflare, skiFromFlag } from './cloudflare';
 import { Opcode, SIGN_OPCODE } from '../../compat/request';
 import { ERROR_BYTE_NAMES, Tag } from '../../compat/codec';
-import { SCHEME_OF } from '../../crypto/algorithms';
 import { hashMessage } from '../../crypto/hashes';
 
 export interface Command {
@@ -148,19 +147,19 @@ ${CONNECTION_HELP}`,
     });
     const ref = parseKeyRef(required(values.key, '--key'));
     const algorithm = required(values.algorithm, '--algorithm').toUpperCase();
-    if (!(SIGNATURE_ALGORITHMS as readonly string[]).includes(algorithm)) {
+    if (!isSignatureAlgorithm(algorithm)) {
       throw new UsageError(`unknown --algorithm ${values.algorithm}; choose one of ${SIGNATURE_ALGORITHMS.join(', ')}`);
     }
     if (values.digest !== undefined && values.message !== undefined) throw new UsageError('give --digest or --message, not both');
     const input: { digest: Buffer } | { message: Buffer } = values.digest !== undefined ? { digest: parseHex(values.digest, '--digest') } : { message: readInput(values.message, 'the message') };
     if (protocolOf(values.protocol) === 'cloudflare') {
       const ski = skiFromFlag(values.key!);
-      const scheme = SCHEME_OF[algorithm as SignatureAlgorithm];
+      const scheme = SCHEME_OF[algorithm];
       // The Cloudflare protocol signs digests (Ed25519: the message); hash a message here.
       const payload = 'digest' in input ? input.digest : scheme.kind === 'ed25519' ? input.message : hashMessage(scheme.hash, input.message);
       const client = await connectCloudflare(values);
       try {
-        const answer = await client.request(SIGN_OPCODE[algorithm as SignatureAlgorithm], payload, [[Tag.ski, ski]]);
+        const answer = await client.request(SIGN_OPCODE[algorithm], payload, [[Tag.ski, ski]]);
         if (answer.opcode === Opcode.error) throw new CheckFailedError(`server answered error 0x${(answer.payload[0] ?? 0).toString(16).padStart(2, '0')} (${ERROR_BYTE_NAMES[answer.payload[0] ?? 0] ?? 'unknown'})`);
         writeOutput(answer.payload, values.format!, values.out);
       } finally {
@@ -170,7 +169,7 @@ ${CONNECTION_HELP}`,
     }
     const session = await openSession(values);
     try {
-      writeOutput(await session.sign(ref, algorithm as SignatureAlgorithm, input), values.format!, values.out);
+      writeOutput(await session.sign(ref, algorithm, input), values.format!, values.out);
     } finally {
       await session.close();
     }

@@ -20,6 +20,14 @@ export interface LifecycleHooks {
   recovered(): void;
 }
 
+/** The hooks of a backend with nothing to lose (keys in memory): it never calls fail(). */
+export const NEVER_DOWN: LifecycleHooks = {
+  recover: () => Promise.resolve(),
+  down: () => undefined,
+  stillDown: () => undefined,
+  recovered: () => undefined,
+};
+
 export interface LifecycleOptions {
   readonly firstBackoffMs?: number;
   readonly maxBackoffMs?: number;

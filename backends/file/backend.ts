@@ -4,7 +4,7 @@ import { exposure } from '../../src/config/file-mode';
 import { ConfigError } from '../../src/errors';
 import type { Backend, KeyHandle, SkippedKey } from '../../src/keys/types';
 import type { Logger } from '../../src/log';
-import { BackendLifecycle } from '../lifecycle';
+import { BackendLifecycle, NEVER_DOWN } from '../lifecycle';
 import { FileKey } from './key';
 import { parsePrivateKey } from './parse';
 import type { FileBackendConfig } from './schema';
@@ -33,12 +33,7 @@ export class FileBackend implements Backend {
   readonly name: string;
   readonly timeoutMs: number;
   /** Keys in memory never go down: starting, ready once opened, closed. */
-  private readonly life = new BackendLifecycle({
-    recover: async () => undefined,
-    down: () => undefined,
-    stillDown: () => undefined,
-    recovered: () => undefined,
-  });
+  private readonly life = new BackendLifecycle(NEVER_DOWN);
 
   constructor(
     private readonly config: FileBackendConfig,

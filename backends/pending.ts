@@ -16,7 +16,7 @@ interface Entry<T> {
  * and the callers queued for a PKCS#11 session. An answer settles its request by id (or,
  * for a queue, the oldest); a request may carry its own deadline; when the other side is
  * gone every request still waiting is rejected at once. Ids run from 1 to `maxId` and
- * wrap (a wire format may have only 32 bits for them).
+ * wrap (a wire format may have only 32 bits for them), passing over any still waiting.
  */
 export class PendingRequests<T> {
   private readonly waiting = new Map<number, Entry<T>>();
@@ -33,8 +33,9 @@ export class PendingRequests<T> {
    * the answer. A `send` that throws rejects the request with what it threw.
    */
   add(send: (id: number) => void, deadline?: Deadline): Promise<T> {
-    const id = this.nextId;
-    this.nextId = id >= this.maxId ? 1 : id + 1;
+    if (this.waiting.size >= this.maxId) return Promise.reject(new Error(`${this.maxId} requests are already waiting`));
+    let id = this.advance();
+    while (this.waiting.has(id)) id = this.advance(); // one still waiting after the ids wrapped
     return new Promise<T>((resolve, reject) => {
       const timer = deadline
         ? setTimeout(() => {
@@ -78,6 +79,12 @@ export class PendingRequests<T> {
       clearTimeout(entry.timer);
       entry.reject(err);
     }
+  }
+
+  private advance(): number {
+    const id = this.nextId;
+    this.nextId = id >= this.maxId ? 1 : id + 1;
+    return id;
   }
 
   private take(id: number): Entry<T> | undefined {

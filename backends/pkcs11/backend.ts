@@ -181,9 +181,11 @@ export class Pkcs11Backend implements Backend, ModuleUser {
   async run(key: Pkcs11Key, operation: 'sign' | 'decrypt', mechanism: pkcs11js.Mechanism, data: Buffer, outputLength: number): Promise<Buffer> {
     if (!this.life.healthy) throw new BackendUnavailableError(`backend ${this.name} is reconnecting to its token; retry on another server`);
     if (!this.mechanisms.has(mechanism.mechanism)) throw new UnsupportedError(`the token behind backend ${this.name} does not offer mechanism 0x${mechanism.mechanism.toString(16)} for key ${key.name}`);
-    const session = this.pool.take() ?? (await this.waitForSession(`${operation} with key ${key.name}`));
-    const module = this.module!;
+    // Tracked from before a session is ours: a queued request is handed its session some
+    // turns before it runs again, and a C_Finalize must wait for it all the same.
     return this.life.track(async () => {
+      const session = this.pool.take() ?? (await this.waitForSession(`${operation} with key ${key.name}`));
+      const module = this.module!;
       try {
         const object = key.object;
         if (!object) throw new KeyNotFoundError(`key ${key.name} is no longer on the token of backend ${this.name}`);

@@ -51,11 +51,6 @@ export class SessionPool {
     else this.give(session);
   }
 
-  /** Sessions with a call running on them, retired or not. */
-  get active(): number {
-    return this.lent.size + this.retiring.size;
-  }
-
   /** false once `session` has been retired: what fails on it now is old news. */
   isInService(session: Handle): boolean {
     return this.lent.has(session);

@@ -4,6 +4,7 @@ import { BackendUnavailableError, ConfigError } from '../../src/errors';
 import type { Backend, SkippedKey } from '../../src/keys/types';
 import type { Logger } from '../../src/log';
 import { packageRoot } from '../../src/util/package-root';
+import { BackendLifecycle } from '../lifecycle';
 import { CngHash, CngOperation, CngPadding, CngStatus, type CngResponse } from './codec';
 import { CngKey } from './key';
 import { spkiFromPublicBlob } from './public-blob';
@@ -26,8 +27,6 @@ export interface CngBackendHooks {
 const START_TIMEOUT_MS = 60_000;
 /** stdin closed, the shim answers what it holds and exits; past this it is killed. */
 const CLOSE_GRACE_MS = 5_000;
-const FIRST_BACKOFF_MS = 100;
-const MAX_BACKOFF_MS = 30_000;
 /** A shim that served this long before dying restarts without accumulated backoff. */
 const STABLE_MS = 30_000;
 
@@ -49,11 +48,7 @@ export class CngBackend implements Backend {
   readonly timeoutMs: number;
   private readonly command: ShimCommand;
   private shim?: ShimProcess;
-  private up = false;
-  private closed = false;
-  private backoffMs = FIRST_BACKOFF_MS;
-  private upSince = 0;
-  private retry?: NodeJS.Timeout;
+  private readonly life: BackendLifecycle;
 
   constructor(
     private readonly config: CngBackendConfig,
@@ -65,6 +60,15 @@ export class CngBackend implements Backend {
     const shimPath = config.shim_path ?? defaultShimPath();
     const args = ['--provider', config.provider, '--workers', String(config.workers), ...(hooks.shimArgs ?? [])];
     this.command = config.wine ? { file: 'wine', args: [shimPath, ...args] } : { file: shimPath, args };
+    this.life = new BackendLifecycle(
+      {
+        recover: () => this.restart(),
+        down: (reason, retryMs) => this.logger.error({ reason, retry_ms: retryMs }, `the CNG shim ${reason}; restarting it`),
+        stillDown: (err, retryMs) => this.logger.error({ err: (err as Error).message, retry_ms: retryMs }, 'the CNG shim did not restart'),
+        recovered: () => this.logger.info({ pid: this.shim?.pid }, 'the CNG shim is back; serving again'),
+      },
+      { stableMs: STABLE_MS },
+    );
   }
 
   async open(): Promise<{ keys: CngKey[]; skipped: SkippedKey[] }> {
@@ -77,13 +81,11 @@ export class CngBackend implements Backend {
   }
 
   healthy(): boolean {
-    return this.up;
+    return this.life.healthy;
   }
 
   async close(): Promise<void> {
-    this.closed = true;
-    this.up = false;
-    clearTimeout(this.retry);
+    this.life.close();
     await this.shim?.close(CLOSE_GRACE_MS);
   }
 
@@ -95,13 +97,14 @@ export class CngBackend implements Backend {
   }
 
   private call(request: ShimRequest, what: string): Promise<CngResponse> {
-    if (!this.up || !this.shim) return Promise.reject(new BackendUnavailableError(`${what}: backend ${this.name} is restarting its CNG shim`));
+    if (!this.life.healthy || !this.shim) return Promise.reject(new BackendUnavailableError(`${what}: backend ${this.name} is restarting its CNG shim`));
     return this.shim.call(request, this.timeoutMs, what);
   }
 
   private async startFirst(): Promise<void> {
     try {
-      this.serve(await this.launch());
+      this.shim = await this.launch();
+      this.life.opened();
     } catch (err) {
       throw new ConfigError(`backends.${this.name}.shim_path`, `the CNG shim did not start: ${(err as Error).message}`);
     }
@@ -123,38 +126,17 @@ export class CngBackend implements Backend {
     return shim;
   }
 
-  private serve(shim: ShimProcess): void {
-    this.shim = shim;
-    this.up = true;
-    this.upSince = Date.now();
-  }
-
   private onExit(shim: ShimProcess, reason: string): void {
-    if (shim !== this.shim || this.closed) return;
-    this.up = false;
+    if (shim !== this.shim || this.life.closed) return;
     this.shim = undefined;
-    if (Date.now() - this.upSince >= STABLE_MS) this.backoffMs = FIRST_BACKOFF_MS;
-    this.logger.error({ reason, retry_ms: this.backoffMs }, `the CNG shim ${reason}; restarting it`);
-    this.scheduleRestart();
+    this.life.fail(reason);
   }
 
-  private scheduleRestart(): void {
-    const delay = this.backoffMs;
-    this.backoffMs = Math.min(this.backoffMs * 2, MAX_BACKOFF_MS);
-    this.retry = setTimeout(() => void this.restart(), delay);
-  }
-
+  /** One restart attempt (the lifecycle repeats them with backoff): serving once the new shim answers. */
   private async restart(): Promise<void> {
-    try {
-      const shim = await this.launch();
-      if (this.closed) return void (await shim.close(CLOSE_GRACE_MS));
-      this.serve(shim);
-      this.logger.info({ pid: shim.pid }, 'the CNG shim is back; serving again');
-    } catch (err) {
-      if (this.closed) return;
-      this.logger.error({ err: (err as Error).message, retry_ms: this.backoffMs }, 'the CNG shim did not restart');
-      this.scheduleRestart();
-    }
+    const shim = await this.launch();
+    if (this.life.closed) return void (await shim.close(CLOSE_GRACE_MS));
+    this.shim = shim;
   }
 
   private async loadKey(key: CngKeyConfig): Promise<CngKey | SkippedKey> {

@@ -2,6 +2,7 @@ import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { BackendUnavailableError, BadRequestError, TimeoutError } from '../../src/errors';
 import type { Logger } from '../../src/log';
+import { PendingRequests } from '../pending';
 import { decodeResponse, encodeRequest, FrameReader, type CngRequest, type CngResponse } from './codec';
 
 export interface ShimCommand {
@@ -11,14 +12,9 @@ export interface ShimCommand {
 
 export type ShimRequest = Omit<CngRequest, 'id'>;
 
-interface Pending {
-  readonly resolve: (response: CngResponse) => void;
-  readonly reject: (err: Error) => void;
-  readonly timer: NodeJS.Timeout;
-}
-
 /** Lines of the shim's stderr kept to explain why it died. */
 const STDERR_TAIL = 5;
+/** The frame's id is 32 bits. */
 const MAX_ID = 0xffffffff;
 
 /**
@@ -33,9 +29,8 @@ export class ShimProcess {
   readonly exited: Promise<string>;
   private readonly child: ChildProcessWithoutNullStreams;
   private readonly reader = new FrameReader();
-  private readonly pending = new Map<number, Pending>();
+  private readonly pending = new PendingRequests<CngResponse>(MAX_ID);
   private readonly stderrTail: string[] = [];
-  private nextId = 1;
   private ended = false;
   private failure?: string;
   private settleExited!: (reason: string) => void;
@@ -65,22 +60,16 @@ export class ShimProcess {
 
   call(request: ShimRequest, timeoutMs: number, what: string): Promise<CngResponse> {
     if (this.ended) return Promise.reject(new BackendUnavailableError(`${what}: the CNG shim is not running`));
-    const id = this.nextId;
-    this.nextId = id === MAX_ID ? 1 : id + 1;
-    let frame: Buffer;
-    try {
-      frame = encodeRequest({ ...request, id });
-    } catch (err) {
-      return Promise.reject(new BadRequestError(`${what}: ${(err as Error).message}`));
-    }
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new TimeoutError(`${what} did not finish within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.pending.set(id, { resolve, reject, timer });
+    const send = (id: number) => {
+      let frame: Buffer;
+      try {
+        frame = encodeRequest({ ...request, id });
+      } catch (err) {
+        throw new BadRequestError(`${what}: ${(err as Error).message}`);
+      }
       this.child.stdin.write(frame);
-    });
+    };
+    return this.pending.add(send, { ms: timeoutMs, error: () => new TimeoutError(`${what} did not finish within ${timeoutMs} ms`) });
   }
 
   /** Ends the process now; waiting requests fail with BackendUnavailableError. */
@@ -103,12 +92,8 @@ export class ShimProcess {
     try {
       for (const body of this.reader.push(chunk)) {
         const response = decodeResponse(body);
-        const waiting = this.pending.get(response.id);
-        // Unknown ids are answers that came after their deadline.
-        if (!waiting) continue;
-        this.pending.delete(response.id);
-        clearTimeout(waiting.timer);
-        waiting.resolve(response);
+        // Unknown ids are answers that came after their deadline: resolve() ignores them.
+        this.pending.resolve(response.id, response);
       }
     } catch (err) {
       this.logger.error({ err: (err as Error).message }, 'the CNG shim broke the frame protocol; killing it');
@@ -127,11 +112,7 @@ export class ShimProcess {
     this.ended = true;
     const last = this.stderrTail.at(-1);
     const explained = last ? `${reason}; its last log line: ${last}` : reason;
-    for (const waiting of this.pending.values()) {
-      clearTimeout(waiting.timer);
-      waiting.reject(new BackendUnavailableError(`the CNG shim ${explained}`));
-    }
-    this.pending.clear();
+    this.pending.rejectAll(new BackendUnavailableError(`the CNG shim ${explained}`));
     this.settleExited(explained);
   }
 }

@@ -4,6 +4,7 @@ import { exposure } from '../../src/config/file-mode';
 import { ConfigError } from '../../src/errors';
 import type { Backend, KeyHandle, SkippedKey } from '../../src/keys/types';
 import type { Logger } from '../../src/log';
+import { BackendLifecycle, NEVER_DOWN } from '../lifecycle';
 import { FileKey } from './key';
 import { parsePrivateKey } from './parse';
 import type { FileBackendConfig } from './schema';
@@ -31,6 +32,8 @@ export class FileBackend implements Backend {
   readonly kind = 'file' as const;
   readonly name: string;
   readonly timeoutMs: number;
+  /** Keys in memory never go down: starting, ready once opened, closed. */
+  private readonly life = new BackendLifecycle(NEVER_DOWN);
 
   constructor(
     private readonly config: FileBackendConfig,
@@ -41,6 +44,7 @@ export class FileBackend implements Backend {
   }
 
   async open(): Promise<{ keys: KeyHandle[]; skipped: SkippedKey[] }> {
+    this.life.opening();
     const keys: KeyHandle[] = [];
     const skipped: SkippedKey[] = [];
     const skip = (path: string, reason: string) => {
@@ -77,14 +81,17 @@ export class FileBackend implements Backend {
         skip(file.path, `it ${(err as Error).message}`);
       }
     }
+    this.life.opened();
     return { keys, skipped };
   }
 
   healthy(): boolean {
-    return true;
+    return this.life.healthy;
   }
 
-  async close(): Promise<void> {}
+  async close(): Promise<void> {
+    this.life.close();
+  }
 
   private async keyFiles(): Promise<{ files: KeyFile[]; unusable: Array<{ path: string; reason: string }> }> {
     const listed: KeyFile[] = this.config.files.map((f, i) => ({
@@ -123,4 +130,9 @@ export class FileBackend implements Backend {
     }
     return { files: [...listed, ...scanned], unusable };
   }
+}
+
+/** The factory the daemon's backend registry calls. */
+export function createFileBackend(config: FileBackendConfig, logger: Logger): Backend {
+  return new FileBackend(config, logger);
 }

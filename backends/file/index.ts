@@ -1,2 +1,2 @@
-export { FileBackend } from './backend';
+export { FileBackend, createFileBackend } from './backend';
 export { fileBackendSchema, type FileBackendConfig } from './schema';

@@ -3,6 +3,7 @@ import * as pkcs11js from 'pkcs11js';
 import { BackendUnavailableError, ConfigError, CryptoFailureError, KeyNotFoundError, KeylessError, TimeoutError, UnsupportedError } from '../../src/errors';
 import type { Backend, SkippedKey } from '../../src/keys/types';
 import type { Logger } from '../../src/log';
+import { BackendLifecycle } from '../lifecycle';
 import { Pkcs11Key } from './key';
 import { ckrCode, ckrName, sharedModule, type ModuleUser, type SharedModule } from './module';
 import { resolvePin } from './pin';
@@ -80,9 +81,6 @@ export function findModule(name: string, dirs: readonly string[] = MODULE_DIRS):
   }
   return undefined;
 }
-const FIRST_BACKOFF_MS = 100;
-const MAX_BACKOFF_MS = 30_000;
-
 const trimmed = (text: string) => text.replace(/[\s\0]+$/, '');
 const ulong = (handle: pkcs11js.Handle) => handle.readBigUInt64LE(0);
 const hexId = (id: Buffer) => id.toString('hex');
@@ -108,13 +106,11 @@ export class Pkcs11Backend implements Backend, ModuleUser {
   private mechanisms = new Set<number>();
   private readonly pool: SessionPool;
   private keys: Pkcs11Key[] = [];
-  private up = false;
-  private closed = false;
-  private backoffMs = FIRST_BACKOFF_MS;
-  private retry?: NodeJS.Timeout;
-  /** A connect (open or recovery) under way: C_Finalize waits for it. */
-  private connecting = false;
-  private recovering = false;
+  /**
+   * Up, down, reconnecting with backoff, closed; and the calls this backend has running
+   * inside the module (operations and connects), which a C_Finalize waits for.
+   */
+  private readonly life: BackendLifecycle;
 
   constructor(
     private readonly config: Pkcs11BackendConfig,
@@ -125,16 +121,24 @@ export class Pkcs11Backend implements Backend, ModuleUser {
     this.field = `backends.${config.name}.uri`;
     this.uri = parsePkcs11Uri(config.uri);
     this.pool = new SessionPool(config.max_queue, (session) => this.closeSession(session));
+    this.life = new BackendLifecycle({
+      recover: () => this.recover(),
+      down: (reason) => this.logger.warn({ backend: this.name, reason }, `backend ${this.name} is down (${reason}); reconnecting`),
+      stillDown: (err, retryMs) => {
+        const reason = describe(err);
+        this.logger.warn({ backend: this.name, reason, retry_ms: retryMs }, `backend ${this.name} still cannot reach its token: ${reason}`);
+      },
+      recovered: () => this.logger.info({ backend: this.name }, `backend ${this.name} reconnected to its token`),
+    });
   }
 
   /** Connects (or, on reload, reconnects) and lists the keys; sessions busy with a request finish first. */
   async open(): Promise<{ keys: Pkcs11Key[]; skipped: SkippedKey[] }> {
-    this.closed = false;
+    this.life.opening();
     this.shared ??= this.loadModule();
     this.module = this.shared.module;
     this.shared.register(this);
     this.pin = resolvePin(this.uri, this.field);
-    clearTimeout(this.retry);
     // A C_Finalize + C_Initialize of the module (another backend recovering) while this one
     // connected ends the sessions it just opened: connect again.
     let result: { found: FoundKey[]; skipped: SkippedKey[] };
@@ -147,26 +151,20 @@ export class Pkcs11Backend implements Backend, ModuleUser {
     const { found, skipped } = result;
     this.keys = found.map((k) => new Pkcs11Key(k.name, this, k.publicKey, k.id, k.object));
     for (const s of skipped) this.logger.warn({ backend: this.name, object: s.source, reason: s.reason }, `skipping PKCS#11 object ${s.source}: ${s.reason}`);
-    this.up = true;
-    this.backoffMs = FIRST_BACKOFF_MS;
+    this.life.opened();
     return { keys: this.keys, skipped };
   }
 
   healthy(): boolean {
-    return this.up;
+    return this.life.healthy;
   }
 
   async close(): Promise<void> {
-    this.closed = true;
-    this.up = false;
-    clearTimeout(this.retry);
+    this.life.close();
     this.pool.retire(new BackendUnavailableError(`backend ${this.name} is closed`));
     // Stays known to the module until its last call has returned: a C_Finalize must not run under it.
     const shared = this.shared;
-    if (shared) void (async () => {
-      while (this.busy()) await new Promise((resolve) => setTimeout(resolve, 50).unref());
-      if (this.closed) shared.unregister(this);
-    })();
+    if (shared) void this.life.idle().then(() => this.life.closed && shared.unregister(this));
   }
 
   /** ModuleUser: the module is about to be finalized. */
@@ -174,31 +172,35 @@ export class Pkcs11Backend implements Backend, ModuleUser {
     this.down(reason);
   }
 
-  /** ModuleUser: a call of ours may be running inside the module. */
-  busy(): boolean {
-    return this.connecting || this.pool.active > 0;
+  /** ModuleUser: resolves once no call of ours runs inside the module. */
+  idle(): Promise<void> {
+    return this.life.idle();
   }
 
   /** One operation on one pooled session. */
   async run(key: Pkcs11Key, operation: 'sign' | 'decrypt', mechanism: pkcs11js.Mechanism, data: Buffer, outputLength: number): Promise<Buffer> {
-    if (!this.up) throw new BackendUnavailableError(`backend ${this.name} is reconnecting to its token; retry on another server`);
+    if (!this.life.healthy) throw new BackendUnavailableError(`backend ${this.name} is reconnecting to its token; retry on another server`);
     if (!this.mechanisms.has(mechanism.mechanism)) throw new UnsupportedError(`the token behind backend ${this.name} does not offer mechanism 0x${mechanism.mechanism.toString(16)} for key ${key.name}`);
-    const session = this.pool.take() ?? (await this.waitForSession(`${operation} with key ${key.name}`));
-    const module = this.module!;
-    try {
-      const object = key.object;
-      if (!object) throw new KeyNotFoundError(`key ${key.name} is no longer on the token of backend ${this.name}`);
-      if (operation === 'sign') {
-        module.C_SignInit(session, mechanism, object);
-        return await module.C_SignAsync(session, data, Buffer.alloc(outputLength));
+    // Tracked from before a session is ours: a queued request is handed its session some
+    // turns before it runs again, and a C_Finalize must wait for it all the same.
+    return this.life.track(async () => {
+      const session = this.pool.take() ?? (await this.waitForSession(`${operation} with key ${key.name}`));
+      const module = this.module!;
+      try {
+        const object = key.object;
+        if (!object) throw new KeyNotFoundError(`key ${key.name} is no longer on the token of backend ${this.name}`);
+        if (operation === 'sign') {
+          module.C_SignInit(session, mechanism, object);
+          return await module.C_SignAsync(session, data, Buffer.alloc(outputLength));
+        }
+        module.C_DecryptInit(session, mechanism, object);
+        return await module.C_DecryptAsync(session, data, Buffer.alloc(outputLength));
+      } catch (err) {
+        throw this.failure(err, session, `${operation} with key ${key.name}`);
+      } finally {
+        this.pool.release(session);
       }
-      module.C_DecryptInit(session, mechanism, object);
-      return await module.C_DecryptAsync(session, data, Buffer.alloc(outputLength));
-    } catch (err) {
-      throw this.failure(err, session, `${operation} with key ${key.name}`);
-    } finally {
-      this.pool.release(session);
-    }
+    });
   }
 
   private async waitForSession(what: string): Promise<pkcs11js.Handle> {
@@ -309,8 +311,11 @@ export class Pkcs11Backend implements Backend, ModuleUser {
   private async connect(): Promise<{ found: FoundKey[]; skipped: SkippedKey[] }> {
     const shared = this.shared!;
     await shared.settled();
+    return this.life.track(() => this.openSessions(shared));
+  }
+
+  private async openSessions(shared: SharedModule): Promise<{ found: FoundKey[]; skipped: SkippedKey[] }> {
     const module = shared.module;
-    this.connecting = true;
     const sessions: pkcs11js.Handle[] = [];
     try {
       await shared.call('initialize'); // in case something finalized the module underneath us
@@ -319,7 +324,7 @@ export class Pkcs11Backend implements Backend, ModuleUser {
       for (let i = 0; i < this.config.pool_size; i++) sessions.push(module.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION));
       this.login(module, sessions[0]!);
       const keys = this.named(await new TokenObjects(shared, sessions[0]!).privateKeys(this.uri, this.describeToken()));
-      if (this.closed) throw new BackendUnavailableError(`backend ${this.name} was closed while connecting`);
+      if (this.life.closed) throw new BackendUnavailableError(`backend ${this.name} was closed while connecting`);
       this.mechanisms = mechanisms;
       this.pool.retire();
       this.pool.fill(sessions);
@@ -327,8 +332,6 @@ export class Pkcs11Backend implements Backend, ModuleUser {
     } catch (err) {
       for (const session of sessions) this.closeSession(session);
       throw err;
-    } finally {
-      this.connecting = false;
     }
   }
 
@@ -382,48 +385,26 @@ export class Pkcs11Backend implements Backend, ModuleUser {
   }
 
   private down(reason: string): void {
-    if (!this.up || this.closed) return;
-    this.up = false;
-    this.logger.warn({ backend: this.name, reason }, `backend ${this.name} is down (${reason}); reconnecting`);
-    this.pool.retire(new BackendUnavailableError(`backend ${this.name} lost its token; retry on another server`));
-    this.scheduleRecovery();
-  }
-
-  private scheduleRecovery(): void {
-    clearTimeout(this.retry);
-    this.retry = setTimeout(() => void this.recover(), this.backoffMs).unref();
-    this.backoffMs = Math.min(this.backoffMs * 2, MAX_BACKOFF_MS);
+    if (this.life.fail(reason)) this.pool.retire(new BackendUnavailableError(`backend ${this.name} lost its token; retry on another server`));
   }
 
   /**
-   * Reconnects and finds each key again by name, id and public key, once per backoff step.
-   * When the token itself is gone (not only our sessions), the module is finalized and
-   * initialized again (see SharedModule.reinitialize) and the reconnect tried once more.
+   * One recovery attempt (the lifecycle repeats them with backoff): reconnects and finds
+   * each key again by name, id and public key. When the token itself is gone (not only our
+   * sessions), the module is finalized and initialized again (see
+   * SharedModule.reinitialize) and the reconnect tried once more.
    */
   private async recover(): Promise<void> {
-    if (this.closed || !this.shared || this.recovering) return;
-    this.recovering = true;
+    const shared = this.shared!;
+    const generation = shared.generation;
     try {
-      const generation = this.shared.generation;
-      try {
-        await this.reconnect();
-      } catch (err) {
-        if (this.closed || !tokenGone(err)) throw err;
-        const reason = describe(err);
-        this.logger.warn({ backend: this.name, reason }, `backend ${this.name}: ${reason}; finalizing and initializing the PKCS#11 module ${this.shared.path} again`);
-        await this.shared.reinitialize(`backend ${this.name} lost its token (${reason})`, generation);
-        await this.reconnect();
-      }
-      this.up = true;
-      this.backoffMs = FIRST_BACKOFF_MS;
-      this.logger.info({ backend: this.name }, `backend ${this.name} reconnected to its token`);
+      await this.reconnect();
     } catch (err) {
-      if (this.closed) return;
+      if (this.life.closed || !tokenGone(err)) throw err;
       const reason = describe(err);
-      this.logger.warn({ backend: this.name, reason, retry_ms: this.backoffMs }, `backend ${this.name} still cannot reach its token: ${reason}`);
-      this.scheduleRecovery();
-    } finally {
-      this.recovering = false;
+      this.logger.warn({ backend: this.name, reason }, `backend ${this.name}: ${reason}; finalizing and initializing the PKCS#11 module ${shared.path} again`);
+      await shared.reinitialize(`backend ${this.name} lost its token (${reason})`, generation);
+      await this.reconnect();
     }
   }
 

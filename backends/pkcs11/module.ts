@@ -1,5 +1,7 @@
 import { Worker } from 'node:worker_threads';
 import * as pkcs11js from 'pkcs11js';
+import { withDeadline } from '../lifecycle';
+import { PendingRequests } from '../pending';
 
 /**
  * A PKCS#11 module is process-global: loaded and initialized once, whatever number of
@@ -40,8 +42,8 @@ export function initialize(module: pkcs11js.PKCS11): void {
 export interface ModuleUser {
   /** Takes the backend out of service (its recovery brings it back). */
   suspend(reason: string): void;
-  /** true while a call of this backend may be running inside the module. */
-  busy(): boolean;
+  /** Resolves once no call of this backend runs inside the module. */
+  idle(): Promise<void>;
 }
 
 /**
@@ -178,8 +180,7 @@ export const FIND_BATCH = 1000;
  */
 export class SharedModule {
   private worker?: Worker;
-  private readonly pending = new Map<number, { resolve(value: unknown): void; reject(err: Error): void }>();
-  private nextId = 0;
+  private readonly pending = new PendingRequests<unknown>();
   private readonly users = new Set<ModuleUser>();
   private reinitializing?: Promise<void>;
   /** Counts C_Finalize + C_Initialize cycles. */
@@ -193,12 +194,8 @@ export class SharedModule {
   /** Runs a blocking operation on the module's worker thread. */
   call<T>(op: 'find' | 'attributes' | 'slots' | 'initialize' | 'finalize', ...args: unknown[]): Promise<T> {
     const worker = this.startWorker();
-    const id = this.nextId++;
     if (this.pending.size === 0) worker.ref();
-    return new Promise<T>((resolve, reject) => {
-      this.pending.set(id, { resolve: resolve as (value: unknown) => void, reject });
-      worker.postMessage({ id, op, args });
-    });
+    return this.pending.add((id) => worker.postMessage({ id, op, args })) as Promise<T>;
   }
 
   /** Every object matching `template`, however many: the worker pages through them. */
@@ -222,17 +219,13 @@ export class SharedModule {
     const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { path: this.path, pkcs11js: require.resolve('pkcs11js') } });
     worker.unref();
     worker.on('message', ({ id, result, error }: { id: number; result?: unknown; error?: { message: string; code?: number } }) => {
-      const waiter = this.pending.get(id);
-      this.pending.delete(id);
+      if (error) this.pending.reject(id, Object.assign(new Error(error.message), { code: error.code }));
+      else this.pending.resolve(id, (result as { packed?: boolean } | undefined)?.packed ? result : toBuffers(result));
       if (this.pending.size === 0) worker.unref();
-      if (!waiter) return;
-      if (error) waiter.reject(Object.assign(new Error(error.message), { code: error.code }));
-      else waiter.resolve((result as { packed?: boolean } | undefined)?.packed ? result : toBuffers(result));
     });
     const lost = (err: Error) => {
       this.worker = undefined;
-      for (const waiter of this.pending.values()) waiter.reject(err);
-      this.pending.clear();
+      this.pending.rejectAll(err);
     };
     worker.on('error', lost);
     worker.on('exit', (code) => lost(new Error(`the PKCS#11 worker thread exited (${code})`)));
@@ -266,11 +259,7 @@ export class SharedModule {
     this.reinitializing ??= (async () => {
       try {
         for (const user of this.users) user.suspend(reason);
-        const giveUp = Date.now() + maxWaitMs;
-        while ([...this.users].some((u) => u.busy())) {
-          if (Date.now() > giveUp) throw new Error(`calls still running in the module after ${maxWaitMs} ms; not finalizing under them`);
-          await new Promise((resolve) => setTimeout(resolve, 5));
-        }
+        await withDeadline(Promise.all([...this.users].map((u) => u.idle())), maxWaitMs, () => new Error(`calls still running in the module after ${maxWaitMs} ms; not finalizing under them`));
         await this.call('finalize');
         this.generation++;
         await this.call('initialize');

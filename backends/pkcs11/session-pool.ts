@@ -1,10 +1,6 @@
 import type { Handle } from 'pkcs11js';
 import { OverloadedError } from '../../src/errors';
-
-interface Waiter {
-  resolve(session: Handle): void;
-  reject(err: Error): void;
-}
+import { PendingRequests } from '../pending';
 
 /**
  * Open sessions on one token, lent out one operation at a time. Callers beyond the free
@@ -20,7 +16,8 @@ export class SessionPool {
   private free: Handle[] = [];
   private readonly lent = new Set<Handle>();
   private readonly retiring = new Set<Handle>();
-  private readonly waiting: Waiter[] = [];
+  /** Requests waiting for a session, oldest first. */
+  private readonly waiting = new PendingRequests<Handle>();
 
   constructor(
     private readonly maxQueue: number,
@@ -41,10 +38,10 @@ export class SessionPool {
 
   /** The next session released, in turn; refused at once when the queue is full. */
   wait(): Promise<Handle> {
-    if (this.waiting.length >= this.maxQueue) {
-      return Promise.reject(new OverloadedError(`all PKCS#11 sessions are busy and ${this.waiting.length} requests are already waiting for one`));
+    if (this.waiting.size >= this.maxQueue) {
+      return Promise.reject(new OverloadedError(`all PKCS#11 sessions are busy and ${this.waiting.size} requests are already waiting for one`));
     }
-    return new Promise((resolve, reject) => this.waiting.push({ resolve, reject }));
+    return this.waiting.add(() => undefined);
   }
 
   /** Called once the call on `session` has returned. */
@@ -52,11 +49,6 @@ export class SessionPool {
     this.lent.delete(session);
     if (this.retiring.delete(session)) this.closeSession(session);
     else this.give(session);
-  }
-
-  /** Sessions with a call running on them, retired or not. */
-  get active(): number {
-    return this.lent.size + this.retiring.size;
   }
 
   /** false once `session` has been retired: what fails on it now is old news. */
@@ -73,14 +65,13 @@ export class SessionPool {
     for (const session of this.free.splice(0)) this.closeSession(session);
     for (const session of this.lent) this.retiring.add(session);
     this.lent.clear();
-    if (err) for (const waiter of this.waiting.splice(0)) waiter.reject(err);
+    if (err) this.waiting.rejectAll(err);
   }
 
   private give(session: Handle): void {
-    const next = this.waiting.shift();
-    if (next) {
+    if (this.waiting.size > 0) {
       this.lent.add(session);
-      next.resolve(session);
+      this.waiting.resolveOldest(session);
     } else {
       this.free.push(session);
     }

@@ -3,29 +3,13 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../helpers/ports';
+import { run } from '../helpers/run';
 
 const root = join(__dirname, '..', '..');
 const keylessd = join(root, 'dist', 'src', 'cli', 'keylessd.js');
 const keylessctl = join(root, 'dist', 'src', 'cli', 'keylessctl.js');
 const version = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).version as string;
 
-interface Run {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function run(command: string, args: string[], onStart?: (child: ChildProcess) => void): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let [stdout, stderr] = ['', ''];
-    child.stdout!.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.once('error', reject);
-    child.once('exit', (status) => resolve({ status, stdout, stderr }));
-    onStart?.(child);
-  });
-}
 
 const ctl = (args: string[]) => run(process.execPath, [keylessctl, ...args]);
 

@@ -13,21 +13,13 @@ import { hashMessage } from '../../src/crypto/hashes';
 import { startDaemon, writeKeyDir } from '../helpers/daemon';
 import { makeTestPki } from '../helpers/pki';
 import { freePort } from '../helpers/ports';
+import { run } from '../helpers/run';
 
 const root = join(__dirname, '..', '..');
 const keylessd = join(root, 'dist', 'src', 'cli', 'keylessd.js');
 const keylessctl = join(root, 'dist', 'src', 'cli', 'keylessctl.js');
 
-function run(cli: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
-    let [stdout, stderr] = ['', ''];
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.once('error', reject);
-    child.once('exit', (status) => resolve({ status, stdout, stderr }));
-  });
-}
+const runCli = (cli: string, args: string[], env: NodeJS.ProcessEnv = {}) => run(process.execPath, [cli, ...args], { env });
 
 async function waitFor(condition: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -52,19 +44,19 @@ describe('configuration errors name the environment variable or flag that set th
     const pki = await makeTestPki();
     const file = join(pki.dir, 'k.yaml');
     writeFileSync(file, `tls: {cert: server.crt, key: server.key, client_ca: ca.crt}\naudit: {path: audit.log}\nbackends: [{type: file, dir: ${pki.dir}}]\n`);
-    const fromEnv = await run(keylessd, ['--check-config', file, '--skip-port-check'], { KEYLESSD_TLS_CERT: '/nonexistent/server.crt' });
+    const fromEnv = await runCli(keylessd, ['--check-config', file, '--skip-port-check'], { KEYLESSD_TLS_CERT: '/nonexistent/server.crt' });
     expect(fromEnv.status).toBe(1);
     expect(fromEnv.stderr).toContain('keylessd: tls.cert (set by $KEYLESSD_TLS_CERT): cannot read /nonexistent/server.crt: ENOENT');
-    const fromFlag = await run(keylessd, ['--check-config', file, '--port', '99999']);
+    const fromFlag = await runCli(keylessd, ['--check-config', file, '--port', '99999']);
     expect(fromFlag.stderr).toBe('keylessd: listen.port (set by --port): expected a number between 1 and 65535, got 99999\n');
   });
 });
 
 test('sign --message names the file it could not read, and why', async () => {
-  const result = await run(keylessctl, ['sign', '--key', 'x', '--algorithm', 'ECDSA_SHA256', '--message', '/nonexistent/message.txt']);
+  const result = await runCli(keylessctl, ['sign', '--key', 'x', '--algorithm', 'ECDSA_SHA256', '--message', '/nonexistent/message.txt']);
   expect(result.stderr).toBe('keylessctl: cannot read the message file /nonexistent/message.txt: ENOENT (no such file)\n');
   const dir = mkdtempSync(join(tmpdir(), 'keylessctl-'));
-  const again = await run(keylessctl, ['sign', '--key', 'x', '--algorithm', 'ECDSA_SHA256', '--message', dir]);
+  const again = await runCli(keylessctl, ['sign', '--key', 'x', '--algorithm', 'ECDSA_SHA256', '--message', dir]);
   expect(again.stderr).toBe(`keylessctl: cannot read the message file ${dir}: EISDIR (it is a directory)\n`);
 });
 

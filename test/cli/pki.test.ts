@@ -7,21 +7,11 @@ import 'reflect-metadata';
 import { X509Crl } from '@peculiar/x509';
 import { writeKeyDir } from '../helpers/daemon';
 import { freePort } from '../helpers/ports';
+import { KEYLESSD, keylessctl } from '../helpers/run';
 
-const root = join(__dirname, '..', '..');
-const keylessd = join(root, 'dist', 'src', 'cli', 'keylessd.js');
-const keylessctl = join(root, 'dist', 'src', 'cli', 'keylessctl.js');
+const keylessd = KEYLESSD;
+const ctl = (args: string[]) => keylessctl(args);
 
-function ctl(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [keylessctl, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let [stdout, stderr] = ['', ''];
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.once('error', reject);
-    child.once('exit', (status) => resolve({ status, stdout, stderr }));
-  });
-}
 
 async function waitFor(condition: () => boolean, timeoutMs: number, what: string): Promise<void> {
   const deadline = Date.now() + timeoutMs;

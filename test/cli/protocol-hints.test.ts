@@ -1,24 +1,13 @@
-import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { generateKeyPairSync } from 'node:crypto';
 import { issueCertificate } from '../../src/pki/certificates';
 import { startDaemon, writeKeyDir, type RunningDaemon } from '../helpers/daemon';
 import { makeTestPki } from '../helpers/pki';
+import { keylessctl } from '../helpers/run';
 
-const keylessctl = join(__dirname, '..', '..', 'dist', 'src', 'cli', 'keylessctl.js');
+const ctl = (args: string[]) => keylessctl(args);
 
-function ctl(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string; ms: number }> {
-  const started = Date.now();
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [keylessctl, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let [stdout, stderr] = ['', ''];
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.once('error', reject);
-    child.once('exit', (status) => resolve({ status, stdout, stderr, ms: Date.now() - started }));
-  });
-}
 
 let d: RunningDaemon;
 let credentials: string[];

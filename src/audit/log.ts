@@ -215,7 +215,8 @@ export class AuditLog {
     if (this.writing) return;
     this.writing = true;
     try {
-      if (!(await this.checkFile())) return;
+      // The file is checked before every batch; with nothing queued (the periodic tick), once here.
+      if ((this.tail || this.queue.length === 0) && !(await this.checkFile())) return;
       if (this.tail && !(await this.writeTail())) return;
       while (this.queue.length > 0 && !this.closed) {
         if (!(await this.checkFile())) return;

@@ -17,7 +17,13 @@ afterEach(async () => {
   await server.stop();
 });
 
-const dispatcher = () => (server.daemon as unknown as { dispatcher: { inflight: number } }).dispatcher;
+/** A gauge of the running daemon, read as an operator would: from /metrics. */
+async function gauge(name: string): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${server.addresses.metrics!.port}/metrics`)).text();
+  const match = new RegExp(`^${name}\\{listener="keyless\\.v1"\\} (\\S+)$`, 'm').exec(text);
+  if (!match) throw new Error(`${name} is not in /metrics`);
+  return Number(match[1]);
+}
 
 test('a hung backend: requests answer TIMEOUT, hung work is bounded, and it recovers', async () => {
   const session = await server.connect();
@@ -30,7 +36,7 @@ test('a hung backend: requests answer TIMEOUT, hung work is bounded, and it reco
   expect(faults.hungCalls).toBe(8);
   faults.mode = 'ok';
   faults.release();
-  await until(() => faults.hungCalls === 0 && dispatcher().inflight === 0, 30_000, 'hung calls and in-flight requests to drain');
+  await until(async () => faults.hungCalls === 0 && (await gauge('keyless_inflight_requests')) === 0, 30_000, 'hung calls and in-flight requests to drain');
   const signature = await retryUntilServed(() => session.sign({ name: 'k' }, 'ECDSA_SHA256', { message }));
   expect(verify('sha256', message, createPublicKey(key), signature)).toBe(true);
   await session.close();
@@ -58,23 +64,30 @@ test('a client that disconnects with requests in flight leaves no work or sessio
   faults.mode = 'hang';
   const pending = Array.from({ length: 6 }, () => session.sign({ name: 'k' }, 'ECDSA_SHA256', { message }).catch((e) => e));
   await until(() => faults.hungCalls >= 6, 30_000, 'six calls to hang in the backend');
-  (session as unknown as { ws: { terminate(): void } }).ws.terminate();
+  session.abort();
   await Promise.all(pending);
   faults.mode = 'ok';
   faults.release();
-  const v1 = (server.daemon as unknown as { v1: { sessionCount: number } }).v1;
-  await until(() => v1.sessionCount === 0 && dispatcher().inflight === 0, 30_000, 'the disconnected session and its requests to be gone');
-  expect(dispatcher().inflight).toBe(0);
-  expect(v1.sessionCount).toBe(0);
+  await until(async () => (await gauge('keyless_sessions_active')) === 0 && (await gauge('keyless_inflight_requests')) === 0, 30_000, 'the disconnected session and its requests to be gone');
+  expect(await gauge('keyless_inflight_requests')).toBe(0);
+  expect(await gauge('keyless_sessions_active')).toBe(0);
 });
 
+/** Calls until the backend is back (BACKEND_UNAVAILABLE meanwhile), within a deadline. */
 async function retryUntilServed<T>(call: () => Promise<T>): Promise<T> {
-  for (;;) {
-    try {
-      return await call();
-    } catch (err) {
-      if ((err as { code?: string }).code !== 'BACKEND_UNAVAILABLE') throw err;
-      await new Promise((r) => setTimeout(r, 10));
-    }
-  }
+  let result: T | undefined;
+  await until(
+    async () => {
+      try {
+        result = await call();
+        return true;
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'BACKEND_UNAVAILABLE') throw err;
+        return false;
+      }
+    },
+    30_000,
+    'the recovered backend to serve again',
+  );
+  return result!;
 }

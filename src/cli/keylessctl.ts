@@ -1,8 +1,7 @@
 #!/usr/bin/env node
-import { join } from 'node:path';
 import { ConnectionError, RemoteError } from '../client/errors';
 import { KeylessError, TimeoutError } from '../errors';
-import { packageRoot } from '../util/package-root';
+import { packageVersion } from '../util/package-root';
 import { UsageError } from './ctl/connection';
 import { audit } from './ctl/audit';
 import { CheckFailedError, EXIT, WrongProtocolError } from './ctl/exit';
@@ -50,7 +49,7 @@ async function main(argv: string[]): Promise<void> {
     return;
   }
   if (name === '-h' || name === '--help' || name === 'help') return void process.stdout.write(usage());
-  if (name === '-v' || name === '--version') return void process.stdout.write(`${require(join(packageRoot(), 'package.json')).version}\n`);
+  if (name === '-v' || name === '--version') return void process.stdout.write(`${packageVersion()}\n`);
   const command = COMMANDS[name];
   if (!command) throw new UsageError(`unknown command ${name}\n${usage()}`);
   if (rest.includes('--help') || rest.includes('-h')) return void process.stdout.write(`${command.help}\n`);

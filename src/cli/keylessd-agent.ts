@@ -2,12 +2,11 @@
 import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { KeylessPool } from '../client/pool';
 import { EdgeAgent } from '../edge/agent';
 import { createLogger, LOG_LEVELS, type LogLevel } from '../log';
-import { packageRoot } from '../util/package-root';
+import { packageVersion } from '../util/package-root';
 
 const USAGE = `Usage: keylessd-agent --server URL [--server URL…] --ca FILE --cert FILE --key FILE [options]
 
@@ -76,7 +75,7 @@ async function main(): Promise<void> {
     strict: true,
   });
   if (values.help) return void process.stdout.write(`${USAGE}\n`);
-  if (values.version) return void process.stdout.write(`${require(join(packageRoot(), 'package.json')).version}\n`);
+  if (values.version) return void process.stdout.write(`${packageVersion()}\n`);
   if (!values.server?.length) fail(`--server is required\n${USAGE}`);
   if (!values.ca || !values.cert || !values.key) fail(`--ca, --cert and --key are required\n${USAGE}`);
   if (!(LOG_LEVELS as readonly string[]).includes(values['log-level'])) fail(`--log-level must be one of ${LOG_LEVELS.join(', ')}`);

@@ -10,7 +10,7 @@ import { ConfigError } from '../errors';
 import { createLogger } from '../log';
 import { closeKeySet, openKeySet } from '../key-set';
 import { loadTlsMaterial } from '../server/tls';
-import { packageRoot } from '../util/package-root';
+import { packageVersion } from '../util/package-root';
 
 const USAGE = `Usage: keylessd [options]
 
@@ -128,7 +128,7 @@ async function main(): Promise<void> {
     strict: true,
   });
   if (values.help) return void process.stdout.write(`${USAGE}\n`);
-  if (values.version) return void process.stdout.write(`${require(join(packageRoot(), 'package.json')).version}\n`);
+  if (values.version) return void process.stdout.write(`${packageVersion()}\n`);
   const overrides: Override[] = [
     ...envOverrides(process.env),
     ...Object.entries(FLAG_OVERRIDES).flatMap(([flag, path]) => {

@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
 /** The folder holding keylessd's package.json, whether running from src/ (tests) or dist/. */
@@ -10,4 +10,9 @@ export function packageRoot(): string {
     dir = parent;
   }
   return dir;
+}
+
+/** keylessd's version, from its package.json (what every program's --version prints). */
+export function packageVersion(): string {
+  return (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;
 }

@@ -10,6 +10,11 @@ export function rotatedName(path: string, lastSeq: number): string {
   return `${path}.${String(lastSeq).padStart(12, '0')}`;
 }
 
+/** The seq of the last record in a rotated file, from its name (the inverse of rotatedName). */
+export function lastSeqOf(rotatedFile: string): number {
+  return Number(rotatedFile.slice(rotatedFile.lastIndexOf('.') + 1));
+}
+
 /** The rotated files of the log at `path`, oldest first. */
 export function rotatedFiles(path: string): string[] {
   const dir = dirname(path);

@@ -3,7 +3,7 @@ import { open, rename, type FileHandle } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import { BackendUnavailableError } from '../errors';
 import { lineHash } from './chain';
-import { nextFileName, parseRecord, rotatedFiles, rotatedName } from './files';
+import { lastSeqOf, nextFileName, parseRecord, rotatedFiles, rotatedName } from './files';
 import { freshName, moveExclusive, recoverLog, syncDirectory, type RecoveryEvent } from './recover';
 import type { AuditSigner } from './signing';
 
@@ -441,10 +441,8 @@ export class AuditLog {
   }
 }
 
-function rangeOf(file: string): { first_seq?: number; last_seq?: number } {
-  const first = firstRecord(file);
-  const last = Number(/\.(\d{12})$/.exec(file)?.[1]);
-  return { first_seq: first?.seq, last_seq: Number.isFinite(last) ? last : undefined };
+function rangeOf(rotatedFile: string): { first_seq?: number; last_seq: number } {
+  return { first_seq: firstRecord(rotatedFile)?.seq, last_seq: lastSeqOf(rotatedFile) };
 }
 
 /** Creates `path` holding `line`, atomically: written and synced beside it, then renamed into place. */

@@ -11,6 +11,8 @@ export type FaultMode = 'ok' | 'hang' | 'fail';
  */
 export class FaultSwitch {
   mode: FaultMode = 'ok';
+  /** When set, only calls with these keys are subject to `mode`. */
+  onlyKeys?: ReadonlySet<string>;
   calls = 0;
   private readonly hung: Array<() => void> = [];
 
@@ -43,6 +45,7 @@ export class FaultSwitch {
 
   private wrapKey(key: KeyHandle, backend: Backend): KeyHandle {
     const gate = async () => {
+      if (this.onlyKeys && !this.onlyKeys.has(key.name)) return;
       this.calls++;
       if (this.mode === 'fail') throw new BackendUnavailableError(`backend ${backend.name} is failing`);
       if (this.mode === 'hang') await new Promise<void>((resume) => this.hung.push(resume));

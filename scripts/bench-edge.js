@@ -175,7 +175,7 @@ async function main() {
   }
   // Where the added time goes: P-256 signs one at a time, directly through a client pool to
   // keylessd, and through the agent's socket (what the module does).
-  const { encodeRequest, decodeResponse } = require(path.join(ROOT, 'dist/src/protocol/v1'));
+  const { encodeRequest, decodeResponse } = require(path.join(ROOT, 'dist/src/protocols/v1/codec'));
   const { KeylessPool } = require(path.join(ROOT, 'dist/src/client/pool'));
   const digest = require('node:crypto').createHash('sha256').update('probe').digest();
   const pct = (xs) => (xs.sort((a, b) => a - b), { p50: xs[Math.floor(xs.length / 2)], p99: xs[Math.ceil(xs.length * 0.99) - 1] });

@@ -11,7 +11,7 @@ ctl() { node dist/src/cli/keylessctl.js "$@" --state-dir "$work/state"; }
 speed() { openssl speed -multi 2 -seconds "$secs" "$1" 2>/dev/null | tail -1; }
 
 # A state folder with the demo PKI and keys, as the embedded default makes it.
-node -e "require('./dist/src/devstate').ensureDevState('$work/state').then(() => {})"
+node -e "require('./dist/src/daemon/devstate').ensureDevState('$work/state').then(() => {})"
 S="$work/state"
 cat > "$work/on.yaml" <<YAML
 listen: { host: 127.0.0.1, port: 2408 }

@@ -10,7 +10,7 @@ const { mkdtempSync, readFileSync, writeFileSync } = require('node:fs');
 const { tmpdir } = require('node:os');
 const { join } = require('node:path');
 const { parseArgs } = require('node:util');
-const { ensureDevState } = require('../dist/src/devstate');
+const { ensureDevState } = require('../dist/src/daemon/devstate');
 const { KeylessSession } = require('../dist/src/client/session');
 
 const { values } = parseArgs({ options: { seconds: { type: 'string', default: '600' }, warmup: { type: 'string', default: '60' }, sessions: { type: 'string', default: '16' } } });

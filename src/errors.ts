@@ -7,8 +7,8 @@
  *   KeylessdError                       root (abstract)
  *   ├── KeylessError                    answers a request: `code` is an ErrorCode below, which
  *   │   ├── BadRequestError …           each protocol maps to its wire code in one table
- *   │   │                               (keyless.v1: src/protocol/v1.ts V1_ERROR_CODE,
- *   │   │                               compat: src/compat/request.ts ERROR_BYTE)
+ *   │   │                               (keyless.v1: src/protocols/v1/codec.ts V1_ERROR_CODE,
+ *   │   │                               compat: src/protocols/compat/request.ts ERROR_BYTE)
  *   │   └── RemoteError, ResponseTimeoutError (src/client/errors.ts)
  *   ├── ConfigError                     configuration and operator-controlled files
  *   └── … the edges' own failures (connection, usage, framing), each in its module

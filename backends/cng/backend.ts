@@ -1,7 +1,7 @@
 import { join } from 'node:path';
-import { describePublicKey } from '../../src/crypto/keyid';
+import { describePublicKey } from '../../src/core/crypto/keyid';
 import { BackendUnavailableError, ConfigError } from '../../src/errors';
-import type { Backend, SkippedKey } from '../../src/keys/types';
+import type { Backend, SkippedKey } from '../../src/core/keys/types';
 import type { Logger } from '../../src/log';
 import { packageRoot } from '../../src/util/package-root';
 import { BackendLifecycle } from '../lifecycle';

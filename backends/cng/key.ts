@@ -1,9 +1,9 @@
-import { describeScheme, keyTypeOf, type DecryptPadding, type SignScheme } from '../../src/crypto/algorithms';
-import { rawEcdsaToDer } from '../../src/crypto/ecdsa';
-import type { HashName } from '../../src/crypto/hashes';
-import type { PublicKeyInfo } from '../../src/crypto/keyid';
+import { describeScheme, keyTypeOf, type DecryptPadding, type SignScheme } from '../../src/core/crypto/algorithms';
+import { rawEcdsaToDer } from '../../src/core/crypto/ecdsa';
+import type { HashName } from '../../src/core/crypto/hashes';
+import type { PublicKeyInfo } from '../../src/core/crypto/keyid';
 import { UnsupportedError } from '../../src/errors';
-import type { KeyHandle } from '../../src/keys/types';
+import type { KeyHandle } from '../../src/core/keys/types';
 import type { CngBackend } from './backend';
 import { CngHash, CngOperation, CngPadding } from './codec';
 

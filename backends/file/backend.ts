@@ -2,7 +2,7 @@ import { lstat, readdir, readFile, readlink, stat } from 'node:fs/promises';
 import { basename, extname, join } from 'node:path';
 import { exposure } from '../../src/config/file-mode';
 import { ConfigError } from '../../src/errors';
-import type { Backend, KeyHandle, SkippedKey } from '../../src/keys/types';
+import type { Backend, KeyHandle, SkippedKey } from '../../src/core/keys/types';
 import type { Logger } from '../../src/log';
 import { BackendLifecycle, NEVER_DOWN } from '../lifecycle';
 import { FileKey } from './key';

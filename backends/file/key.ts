@@ -1,9 +1,9 @@
 import type { KeyObject } from 'node:crypto';
 import { createPublicKey } from 'node:crypto';
-import { describeScheme, keyTypeOf, type DecryptPadding, type SignScheme } from '../../src/crypto/algorithms';
-import { describePublicKey, type PublicKeyInfo } from '../../src/crypto/keyid';
+import { describeScheme, keyTypeOf, type DecryptPadding, type SignScheme } from '../../src/core/crypto/algorithms';
+import { describePublicKey, type PublicKeyInfo } from '../../src/core/crypto/keyid';
 import { CryptoFailureError, UnsupportedError } from '../../src/errors';
-import type { Backend, KeyHandle } from '../../src/keys/types';
+import type { Backend, KeyHandle } from '../../src/core/keys/types';
 import { nativeAddon, NativeHash, NativeOp, type NativeKey } from './native';
 
 const HASH_NUMBER = {

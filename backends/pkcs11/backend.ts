@@ -1,7 +1,7 @@
 import { existsSync, readdirSync } from 'node:fs';
 import * as pkcs11js from 'pkcs11js';
 import { BackendUnavailableError, ConfigError, CryptoFailureError, KeyNotFoundError, KeylessError, TimeoutError, UnsupportedError } from '../../src/errors';
-import type { Backend, SkippedKey } from '../../src/keys/types';
+import type { Backend, SkippedKey } from '../../src/core/keys/types';
 import type { Logger } from '../../src/log';
 import { BackendLifecycle } from '../lifecycle';
 import { Pkcs11Key } from './key';

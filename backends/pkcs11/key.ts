@@ -1,10 +1,10 @@
 import * as pkcs11js from 'pkcs11js';
-import { describeScheme, keyTypeOf, type DecryptPadding, type SignScheme } from '../../src/crypto/algorithms';
-import { rawEcdsaToDer } from '../../src/crypto/ecdsa';
-import { digestInfo, HASH_LENGTH } from '../../src/crypto/hashes';
-import type { PublicKeyInfo } from '../../src/crypto/keyid';
+import { describeScheme, keyTypeOf, type DecryptPadding, type SignScheme } from '../../src/core/crypto/algorithms';
+import { rawEcdsaToDer } from '../../src/core/crypto/ecdsa';
+import { digestInfo, HASH_LENGTH } from '../../src/core/crypto/hashes';
+import type { PublicKeyInfo } from '../../src/core/crypto/keyid';
 import { UnsupportedError } from '../../src/errors';
-import type { KeyHandle } from '../../src/keys/types';
+import type { KeyHandle } from '../../src/core/keys/types';
 import type { Pkcs11Backend } from './backend';
 
 /** Not among pkcs11js's constants (PKCS#11 3.0). */

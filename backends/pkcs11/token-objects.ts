@@ -1,7 +1,7 @@
 import { X509Certificate } from 'node:crypto';
 import * as pkcs11js from 'pkcs11js';
-import { describePublicKey, type PublicKeyInfo } from '../../src/crypto/keyid';
-import type { SkippedKey } from '../../src/keys/types';
+import { describePublicKey, type PublicKeyInfo } from '../../src/core/crypto/keyid';
+import type { SkippedKey } from '../../src/core/keys/types';
 import { FIND_BATCH, type SharedModule } from './module';
 import { ecSpki, rsaSpki } from './public-key';
 import type { Pkcs11Uri } from './uri';

@@ -1,7 +1,7 @@
 import { generateKeyPairSync } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
-import type { KeyType } from '../crypto/algorithms';
+import type { KeyType } from '../core/crypto/algorithms';
 
 export interface LimitKey {
   readonly type: KeyType;

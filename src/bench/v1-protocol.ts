@@ -1,5 +1,5 @@
 import type { keyless } from '../gen/keyless';
-import { decodeResponse, encodeRequest, errorCodeName } from '../protocol/v1';
+import { decodeResponse, encodeRequest, errorCodeName } from '../protocols/v1/codec';
 import type { BenchProtocol } from './load';
 
 /**

@@ -5,11 +5,11 @@ import { blameOverride, loadConfigFile, envOverrides, validateConfig, type Overr
 import { auditProblems, certificateValidityProblems, listenProblems, noKeysProblem } from '../config/preflight';
 import type { Config } from '../config/schema';
 import { Daemon } from '../daemon';
-import { DEFAULT_STATE_DIR, devConfig, ensureDevState, stateDir } from '../devstate';
+import { DEFAULT_STATE_DIR, devConfig, ensureDevState, stateDir } from '../daemon/devstate';
 import { ConfigError } from '../errors';
 import { createLogger } from '../log';
-import { closeKeySet, openKeySet } from '../key-set';
-import { loadTlsMaterial } from '../server/tls';
+import { closeKeySet, openKeySet } from '../daemon/key-set';
+import { loadTlsMaterial } from '../transport/tls';
 import { packageVersion } from '../util/package-root';
 
 const USAGE = `Usage: keylessd [options]

@@ -1,7 +1,7 @@
-import type { DecryptPadding, SignatureAlgorithm } from '../crypto/algorithms';
+import type { DecryptPadding, SignatureAlgorithm } from '../core/crypto/algorithms';
 import { InvalidArgumentError, KeylessError } from '../errors';
 import type { keyless } from '../gen/keyless';
-import type { KeyRef } from '../keys/registry';
+import type { KeyRef } from '../core/keys/registry';
 import { ConnectionError, PoolBusyError } from './errors';
 import { KeylessSession, type SessionOptions } from './session';
 

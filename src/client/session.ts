@@ -2,9 +2,9 @@ import { EventEmitter } from 'node:events';
 import { isIP } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import { WebSocket, type ClientOptions } from 'ws';
-import type { DecryptPadding, SignatureAlgorithm } from '../crypto/algorithms';
+import type { DecryptPadding, SignatureAlgorithm } from '../core/crypto/algorithms';
 import type { keyless } from '../gen/keyless';
-import type { KeyRef } from '../keys/registry';
+import type { KeyRef } from '../core/keys/registry';
 import {
   decodeResponse,
   encodeRequest,
@@ -14,7 +14,7 @@ import {
   signatureAlgorithmNumber,
   SUBPROTOCOL,
   type ResponseMessage,
-} from '../protocol/v1';
+} from '../protocols/v1/codec';
 import { ConnectionError, RemoteError, ResponseTimeoutError, describeConnectError } from './errors';
 
 export interface SessionOptions {

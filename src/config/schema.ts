@@ -4,7 +4,7 @@ import { pkcs11BackendSchema } from '../../backends/pkcs11/schema';
 import { cngBackendSchema } from '../../backends/cng/schema';
 import { auditSchema } from '../audit/schema';
 import { LOG_LEVELS } from '../log';
-import { defaultPolicySchema, groupSchema, keyPolicySchema } from '../policy/schema';
+import { defaultPolicySchema, groupSchema, keyPolicySchema } from '../core/policy/schema';
 
 const port = (what: string, fallback: number) =>
   z

@@ -14,10 +14,10 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { ConnectionError, PoolBusyError } from '../client/errors';
 import type { KeylessPool } from '../client/pool';
 import { KeylessError, type ErrorCode } from '../errors';
-import { describeKeyRef, type KeyRef } from '../keys/registry';
+import { describeKeyRef, type KeyRef } from '../core/keys/registry';
 import type { Logger } from '../log';
-import { interpretRequest, type V1Operation } from '../protocol/v1-operation';
-import { decodeRequest, encodeResponse, errorResponse, requestIdText, type KeyInfoMessage, type RequestId } from '../protocol/v1';
+import { interpretRequest, type V1Operation } from '../protocols/v1/operation';
+import { decodeRequest, encodeResponse, errorResponse, requestIdText, type KeyInfoMessage, type RequestId } from '../protocols/v1/codec';
 
 /** Frames larger than this are a protocol error (the largest real request is an RSA-16384 ciphertext). */
 export const MAX_FRAME_BYTES = 64 * 1024;

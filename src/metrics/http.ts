@@ -1,5 +1,5 @@
 import { createServer, type Server } from 'node:http';
-import { listen } from '../util/listen';
+import { listen } from '../transport/listen';
 import type { AddressInfo } from 'node:net';
 import type { Metrics } from './metrics';
 

@@ -1,6 +1,6 @@
-import { ALGORITHM_NAMES, SCHEME_OF, SIGNATURE_ALGORITHMS, algorithmFor } from '../../src/crypto/algorithms';
+import { ALGORITHM_NAMES, SCHEME_OF, SIGNATURE_ALGORITHMS, algorithmFor } from '../../src/core/crypto/algorithms';
 import { keyless } from '../../src/gen/keyless';
-import { keyPolicySchema } from '../../src/policy/schema';
+import { keyPolicySchema } from '../../src/core/policy/schema';
 
 /** One closed table of algorithm names: the protocol enum, policy and metrics labels all draw from it. */
 test('every keyless.v1 algorithm is the proto enum value of the same name, and policy accepts exactly those', () => {

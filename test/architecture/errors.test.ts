@@ -1,9 +1,9 @@
 import { join } from 'node:path';
-import { ErrorByte } from '../../src/compat/codec';
-import { ERROR_BYTE } from '../../src/compat/request';
+import { ErrorByte } from '../../src/protocols/compat/codec';
+import { ERROR_BYTE } from '../../src/protocols/compat/request';
 import { ResponseTimeoutError } from '../../src/client/errors';
 import { ConfigError, ERROR_CODES, InternalError, KeylessdError, KeylessError, TimeoutError, type ErrorCode } from '../../src/errors';
-import { V1_ERROR_CODE, errorCodeName, pb } from '../../src/protocol/v1';
+import { V1_ERROR_CODE, errorCodeName, pb } from '../../src/protocols/v1/codec';
 import { ROOT, read, sourceFiles } from './sources';
 
 type ErrorClass = new (...args: unknown[]) => Error;

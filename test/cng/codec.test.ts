@@ -13,7 +13,7 @@ import {
 } from '../../backends/cng/codec';
 import { spkiFromPublicBlob } from '../../backends/cng/public-blob';
 import { operationError } from '../../backends/cng/status';
-import { describePublicKey } from '../../src/crypto/keyid';
+import { describePublicKey } from '../../src/core/crypto/keyid';
 import { publicBlob } from './blobs';
 
 const request = fc.record({

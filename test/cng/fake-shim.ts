@@ -17,7 +17,7 @@ import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs
 import { join } from 'node:path';
 import { nativeAddon, NativeHash, NativeOp, type NativeKey } from '../../backends/file/native';
 import { CngHash, CngOperation, CngPadding, CngStatus, decodeRequest, encodeResponse, FrameReader, type CngRequest, type CngResponse } from '../../backends/cng/codec';
-import { HASH_LENGTH, type HashName } from '../../src/crypto/hashes';
+import { HASH_LENGTH, type HashName } from '../../src/core/crypto/hashes';
 import { publicBlob } from './blobs';
 
 const NTE_BAD_KEYSET = 0x80090016;

@@ -15,12 +15,12 @@ import { createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypt
 import { CngBackend, cngBackendSchema, defaultShimPath } from '../../backends/cng';
 import { CngHash, CngOperation, CngPadding, CngStatus, decodeResponse, encodeRequest, FrameReader, type CngRequest, type CngResponse } from '../../backends/cng/codec';
 import type { ShimRequest } from '../../backends/cng/shim-process';
-import { SCHEME_OF, type SignatureAlgorithm } from '../../src/crypto/algorithms';
-import { rawEcdsaToDer } from '../../src/crypto/ecdsa';
-import { hashMessage } from '../../src/crypto/hashes';
-import { describePublicKey } from '../../src/crypto/keyid';
+import { SCHEME_OF, type SignatureAlgorithm } from '../../src/core/crypto/algorithms';
+import { rawEcdsaToDer } from '../../src/core/crypto/ecdsa';
+import { hashMessage } from '../../src/core/crypto/hashes';
+import { describePublicKey } from '../../src/core/crypto/keyid';
 import { BackendUnavailableError } from '../../src/errors';
-import type { KeyHandle } from '../../src/keys/types';
+import type { KeyHandle } from '../../src/core/keys/types';
 import { createLogger } from '../../src/log';
 import { verifies } from '../helpers/verify';
 import { privateBlob } from './blobs';

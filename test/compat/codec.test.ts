@@ -1,7 +1,7 @@
 import fc from 'fast-check';
-import { CompatFormatError, FrameReader, decodeFrame, encodeFrame } from '../../src/compat/codec';
-import { certificateDigest } from '../../src/compat/key-index';
-import { ERROR_BYTE, interpretFrame } from '../../src/compat/request';
+import { CompatFormatError, FrameReader, decodeFrame, encodeFrame } from '../../src/protocols/compat/codec';
+import { certificateDigest } from '../../src/protocols/compat/key-index';
+import { ERROR_BYTE, interpretFrame } from '../../src/protocols/compat/request';
 import { ERROR_CODES } from '../../src/errors';
 
 // Fixtures written by hand from COMPAT.md, not produced by the encoder.

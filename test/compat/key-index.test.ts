@@ -1,11 +1,11 @@
 import { createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
-import { ERROR_BYTE_NAMES, ErrorByte } from '../../src/compat/codec';
-import { COMPAT_KEY_INDEXES, certificateDigest, certificateDigestIndex, compatKeyRef, rsaModulus } from '../../src/compat/key-index';
-import { SIGN_OPCODE } from '../../src/compat/request';
-import { SIGNATURE_ALGORITHMS } from '../../src/crypto/algorithms';
-import { describePublicKey } from '../../src/crypto/keyid';
-import { KeyRegistry, describeKeyRef } from '../../src/keys/registry';
-import type { Backend, KeyHandle } from '../../src/keys/types';
+import { ERROR_BYTE_NAMES, ErrorByte } from '../../src/protocols/compat/codec';
+import { COMPAT_KEY_INDEXES, certificateDigest, certificateDigestIndex, compatKeyRef, rsaModulus } from '../../src/protocols/compat/key-index';
+import { SIGN_OPCODE } from '../../src/protocols/compat/request';
+import { SIGNATURE_ALGORITHMS } from '../../src/core/crypto/algorithms';
+import { describePublicKey } from '../../src/core/crypto/keyid';
+import { KeyRegistry, describeKeyRef } from '../../src/core/keys/registry';
+import type { Backend, KeyHandle } from '../../src/core/keys/types';
 
 const backend = { kind: 'file', name: 'files' } as Backend;
 const spkiOf = (key: KeyObject) => createPublicKey(key).export({ format: 'der', type: 'spki' });

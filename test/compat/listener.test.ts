@@ -1,12 +1,12 @@
 import { constants, createPublicKey, generateKeyPairSync, publicDecrypt, publicEncrypt, randomBytes, verify, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CompatClient } from '../../src/compat/client';
-import { Tag, encodeFrame } from '../../src/compat/codec';
-import { certificateDigest } from '../../src/compat/key-index';
-import { Opcode } from '../../src/compat/request';
-import { hashMessage } from '../../src/crypto/hashes';
-import { describePublicKey } from '../../src/crypto/keyid';
+import { CompatClient } from '../../src/client/compat';
+import { Tag, encodeFrame } from '../../src/protocols/compat/codec';
+import { certificateDigest } from '../../src/protocols/compat/key-index';
+import { Opcode } from '../../src/protocols/compat/request';
+import { hashMessage } from '../../src/core/crypto/hashes';
+import { describePublicKey } from '../../src/core/crypto/keyid';
 import { issueCertificate } from '../../src/pki/certificates';
 import { startDaemon, writeKeyDir, type RunningDaemon } from '../helpers/daemon';
 

@@ -1,7 +1,7 @@
 import { generateKeyPairSync } from 'node:crypto';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
-import { Tag, encodeFrame } from '../../src/compat/codec';
-import { Opcode } from '../../src/compat/request';
+import { Tag, encodeFrame } from '../../src/protocols/compat/codec';
+import { Opcode } from '../../src/protocols/compat/request';
 import { startDaemon, writeKeyDir, type RunningDaemon } from '../helpers/daemon';
 
 // Issue 15 item 8: a TLS 1.2 client renegotiated 98 times a second on the compat port.

@@ -3,9 +3,9 @@ import { generateKeyPairSync } from 'node:crypto';
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { WebSocket } from 'ws';
-import { FrameReader, Tag, decodeFrame, encodeFrame } from '../../src/compat/codec';
-import { Opcode } from '../../src/compat/request';
-import { decodeResponse, encodeRequest } from '../../src/protocol/v1';
+import { FrameReader, Tag, decodeFrame, encodeFrame } from '../../src/protocols/compat/codec';
+import { Opcode } from '../../src/protocols/compat/request';
+import { decodeResponse, encodeRequest } from '../../src/protocols/v1/codec';
 import { startDaemon, writeKeyDir, type RunningDaemon } from '../helpers/daemon';
 
 // Issue 15 item 7: 5,000 TCP connections that never finish the TLS handshake made 20 of 26

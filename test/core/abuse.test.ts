@@ -1,7 +1,7 @@
 import { generateKeyPairSync } from 'node:crypto';
 import { connect as netConnect } from 'node:net';
 import { WebSocket } from 'ws';
-import { decodeResponse, encodeRequest } from '../../src/protocol/v1';
+import { decodeResponse, encodeRequest } from '../../src/protocols/v1/codec';
 import { startDaemon, writeKeyDir, type RunningDaemon } from '../helpers/daemon';
 
 let server: RunningDaemon;

@@ -3,10 +3,10 @@ import { constants, createPublicKey, generateKeyPairSync, publicEncrypt, randomB
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'yaml';
-import { CompatClient } from '../../src/compat/client';
-import { Tag } from '../../src/compat/codec';
+import { CompatClient } from '../../src/client/compat';
+import { Tag } from '../../src/protocols/compat/codec';
 import { convertGokeylessConfig } from '../../src/config/gokeyless';
-import { describePublicKey } from '../../src/crypto/keyid';
+import { describePublicKey } from '../../src/core/crypto/keyid';
 import { writeKeyDir } from '../helpers/daemon';
 import { makeTestPki } from '../helpers/pki';
 import { freePort } from '../helpers/ports';

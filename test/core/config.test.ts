@@ -4,7 +4,7 @@ import { chmodSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { envOverrides, loadConfigFile, validateConfig } from '../../src/config/load';
-import { describePublicKey } from '../../src/crypto/keyid';
+import { describePublicKey } from '../../src/core/crypto/keyid';
 import { ConfigError } from '../../src/errors';
 import { makeTestPki } from '../helpers/pki';
 import { writeKeyDir as writeAnyKeyDir } from '../helpers/daemon';

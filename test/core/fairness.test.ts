@@ -1,6 +1,6 @@
 import { constants, createPublicKey, generateKeyPairSync, verify } from 'node:crypto';
 import type { KeylessSession } from '../../src/client/session';
-import { DEFAULT_PARALLELISM, FairScheduler } from '../../src/server/fair-scheduler';
+import { DEFAULT_PARALLELISM, FairScheduler } from '../../src/core/fair-scheduler';
 import { startDaemon, writeKeyDir, type RunningDaemon } from '../helpers/daemon';
 
 // Issue 15 item 9: one session pipelining RSA-2048 at its in-flight cap pushed another

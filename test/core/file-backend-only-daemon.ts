@@ -3,7 +3,7 @@
 // process has loaded; then, as the control, which it loads once a PKCS#11 backend is made.
 import { generateKeyPairSync } from 'node:crypto';
 import { pkcs11BackendSchema } from '../../backends/pkcs11/schema';
-import { createBackend } from '../../src/keys/backends';
+import { createBackend } from '../../src/daemon/backends';
 import { createLogger } from '../../src/log';
 import { startDaemon, writeKeyDir } from '../helpers/daemon';
 

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { FileBackend, fileBackendSchema } from '../../backends/file';
-import { computeSki } from '../../src/crypto/keyid';
+import { computeSki } from '../../src/core/crypto/keyid';
 import { createLogger } from '../../src/log';
 
 function capturingLogger() {

@@ -3,11 +3,11 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { SCHEME_OF, SIGNATURE_ALGORITHMS, keyTypeOf } from '../../src/crypto/algorithms';
-import { hashMessage } from '../../src/crypto/hashes';
+import { SCHEME_OF, SIGNATURE_ALGORITHMS, keyTypeOf } from '../../src/core/crypto/algorithms';
+import { hashMessage } from '../../src/core/crypto/hashes';
 import type { KeylessSession } from '../../src/client/session';
 import { RemoteError } from '../../src/client/errors';
-import { pb, encodeRequest, decodeResponse } from '../../src/protocol/v1';
+import { pb, encodeRequest, decodeResponse } from '../../src/protocols/v1/codec';
 import { verifies } from '../helpers/verify';
 import { generateKey, startDaemon, writeKeyDir, type RunningDaemon, type TestKeySpec } from '../helpers/daemon';
 

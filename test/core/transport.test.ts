@@ -3,7 +3,7 @@ import { connect as tlsConnect } from 'node:tls';
 import { WebSocket } from 'ws';
 import { KeylessSession } from '../../src/client/session';
 import { ConnectionError } from '../../src/client/errors';
-import { decodeResponse, encodeRequest, pb } from '../../src/protocol/v1';
+import { decodeResponse, encodeRequest, pb } from '../../src/protocols/v1/codec';
 import { startDaemon, writeKeyDir, type RunningDaemon } from '../helpers/daemon';
 import { FaultSwitch } from '../helpers/faulty-backend';
 import { until } from '../helpers/until';

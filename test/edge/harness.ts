@@ -8,7 +8,7 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { keyless } from '../../src/gen/keyless';
-import { decodeResponse, encodeRequest } from '../../src/protocol/v1';
+import { decodeResponse, encodeRequest } from '../../src/protocols/v1/codec';
 import type { TestPki } from '../helpers/pki';
 
 export const ROOT = resolve(__dirname, '../..');

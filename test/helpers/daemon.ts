@@ -6,7 +6,7 @@ import { KeylessSession } from '../../src/client/session';
 import { validateConfig } from '../../src/config/load';
 import type { Config } from '../../src/config/schema';
 import { Daemon, type DaemonAddresses } from '../../src/daemon';
-import type { BackendFactory } from '../../src/key-set';
+import type { BackendFactory } from '../../src/daemon/key-set';
 import { createLogger } from '../../src/log';
 import type { CertificateAndKey } from '../../src/pki/certificates';
 import { makeTestPki, type TestPki } from './pki';

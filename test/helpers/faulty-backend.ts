@@ -1,7 +1,7 @@
 import { BackendUnavailableError } from '../../src/errors';
-import { createBackend } from '../../src/keys/backends';
-import type { Backend, KeyHandle } from '../../src/keys/types';
-import type { BackendFactory } from '../../src/key-set';
+import { createBackend } from '../../src/daemon/backends';
+import type { Backend, KeyHandle } from '../../src/core/keys/types';
+import type { BackendFactory } from '../../src/daemon/key-set';
 
 export type FaultMode = 'ok' | 'hang' | 'fail';
 

@@ -1,6 +1,6 @@
 import { constants, createPublicKey, publicDecrypt, verify, type KeyObject } from 'node:crypto';
-import { SCHEME_OF, type SignatureAlgorithm } from '../../src/crypto/algorithms';
-import { HASH_LENGTH, hashMessage } from '../../src/crypto/hashes';
+import { SCHEME_OF, type SignatureAlgorithm } from '../../src/core/crypto/algorithms';
+import { HASH_LENGTH, hashMessage } from '../../src/core/crypto/hashes';
 
 /** Checks a signature over `message` the way a TLS peer would, with node's own verifier. */
 export function verifies(algorithm: SignatureAlgorithm, key: KeyObject, message: Buffer, signature: Buffer): boolean {

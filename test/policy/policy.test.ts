@@ -1,8 +1,8 @@
 import { ConfigError } from '../../src/errors';
-import type { ClientIdentity } from '../../src/policy/identity';
-import { compilePattern } from '../../src/policy/pattern';
-import { Policy, type PolicyConfig } from '../../src/policy/policy';
-import { groupSchema } from '../../src/policy/schema';
+import type { ClientIdentity } from '../../src/core/policy/identity';
+import { compilePattern } from '../../src/core/policy/pattern';
+import { Policy, type PolicyConfig } from '../../src/core/policy/policy';
+import { groupSchema } from '../../src/core/policy/schema';
 
 const edge = (over: Partial<ClientIdentity>): ClientIdentity => ({
   subject: 'CN=edge',

@@ -1,6 +1,6 @@
-import { SIGNATURE_ALGORITHMS } from '../../src/crypto/algorithms';
+import { SIGNATURE_ALGORITHMS } from '../../src/core/crypto/algorithms';
 import { ERROR_CODES } from '../../src/errors';
-import { decodeRequest, decodeResponse, encodeRequest, encodeResponse, errorResponse, keyRefFromMessage, pb, signatureAlgorithmFromMessage } from '../../src/protocol/v1';
+import { decodeRequest, decodeResponse, encodeRequest, encodeResponse, errorResponse, keyRefFromMessage, pb, signatureAlgorithmFromMessage } from '../../src/protocols/v1/codec';
 
 // Fixtures written by hand from the protobuf wire format, not produced by the encoder.
 const hex = (text: string) => Buffer.from(text.replace(/\s/g, ''), 'hex');

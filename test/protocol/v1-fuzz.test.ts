@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { KeylessError } from '../../src/errors';
-import { decodeRequest, encodeRequest } from '../../src/protocol/v1';
-import { interpretRequest, requestContext } from '../../src/protocol/v1-operation';
+import { decodeRequest, encodeRequest } from '../../src/protocols/v1/codec';
+import { interpretRequest, requestContext } from '../../src/protocols/v1/operation';
 
 const RUNS = Number(process.env.FUZZ_RUNS ?? 100_000);
 

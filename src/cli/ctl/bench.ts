@@ -1,21 +1,21 @@
 import { WebSocket } from 'ws';
 import { parseArgs } from 'node:util';
-import { SCHEME_OF, SIGNATURE_ALGORITHMS, isSignatureAlgorithm } from '../../crypto/algorithms';
-import { HASH_LENGTH } from '../../crypto/hashes';
-import { SUBPROTOCOL } from '../../protocol/v1';
+import { SCHEME_OF, SIGNATURE_ALGORITHMS, isSignatureAlgorithm } from '../../core/crypto/algorithms';
+import { HASH_LENGTH } from '../../core/crypto/hashes';
+import { SUBPROTOCOL } from '../../protocols/v1/codec';
 import { measureLocalLimit } from '../../bench/local-limit';
 import { runLoad, webSocketConnection, type BenchConnection, type LoadResult } from '../../bench/load';
-import { FrameReader } from '../../compat/codec';
-import { Opcode, SIGN_OPCODE } from '../../compat/request';
+import { FrameReader } from '../../protocols/compat/codec';
+import { Opcode, SIGN_OPCODE } from '../../protocols/compat/request';
 import { cloudflareBenchProtocol, connectCloudflare, skiFromFlag } from './cloudflare';
 import { v1Protocol } from '../../bench/v1-protocol';
-import { signatureAlgorithmNumber } from '../../protocol/v1';
+import { signatureAlgorithmNumber } from '../../protocols/v1/codec';
 import type { Command } from './commands';
 import { ConnectionError } from '../../client/errors';
 import { CheckFailedError } from './exit';
 import { CONNECTION_HELP, CONNECTION_OPTIONS, UsageError, explainV1ConnectError, sessionOptions, openSession } from './connection';
 import { parseKeyRef } from './keyref';
-import { keyRefToMessage } from '../../protocol/v1';
+import { keyRefToMessage } from '../../protocols/v1/codec';
 
 function positiveNumber(text: string | undefined, flag: string): number {
   const n = Number(text);

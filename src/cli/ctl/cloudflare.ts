@@ -1,7 +1,7 @@
-import { CompatClient } from '../../compat/client';
+import { CompatClient } from '../../client/compat';
 import type { BenchProtocol } from '../../bench/load';
-import { Tag, decodeFrame, encodeFrame, PADDED_LENGTH } from '../../compat/codec';
-import { Opcode } from '../../compat/request';
+import { Tag, decodeFrame, encodeFrame, PADDED_LENGTH } from '../../protocols/compat/codec';
+import { Opcode } from '../../protocols/compat/request';
 import { isIP } from 'node:net';
 import { UsageError, sessionOptions, type ConnectionFlags } from './connection';
 import { WrongProtocolError } from './exit';

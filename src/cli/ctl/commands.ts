@@ -1,5 +1,5 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { SCHEME_OF, SIGNATURE_ALGORITHMS, isSignatureAlgorithm } from '../../crypto/algorithms';
+import { SCHEME_OF, SIGNATURE_ALGORITHMS, isSignatureAlgorithm } from '../../core/crypto/algorithms';
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { stringify } from 'yaml';
@@ -13,9 +13,9 @@ import { PKI_CLIENT_HELP, runPkiClients } from './pki-clients';
 import { parseKeyRef } from './keyref';
 import type { keyless } from '../../gen/keyless';
 import { connectCloudflare, skiFromFlag } from './cloudflare';
-import { Opcode, SIGN_OPCODE } from '../../compat/request';
-import { ERROR_BYTE_NAMES, Tag } from '../../compat/codec';
-import { hashMessage } from '../../crypto/hashes';
+import { Opcode, SIGN_OPCODE } from '../../protocols/compat/request';
+import { ERROR_BYTE_NAMES, Tag } from '../../protocols/compat/codec';
+import { hashMessage } from '../../core/crypto/hashes';
 
 export interface Command {
   readonly summary: string;

@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { KeylessSession, type SessionOptions } from '../../client/session';
-import { pkiDir, stateDir } from '../../devstate';
+import { pkiDir, stateDir } from '../../daemon/devstate';
 import { PKI_FILES } from '../../pki/init';
 import { KeylessdError } from '../../errors';
 import { describeFsError } from './io';

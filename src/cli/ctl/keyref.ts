@@ -1,4 +1,4 @@
-import type { KeyRef } from '../../keys/registry';
+import type { KeyRef } from '../../core/keys/registry';
 
 /** 40 hex digits name a key by SKI, 64 by SPKI SHA-256; anything else is a key name. */
 export function parseKeyRef(text: string): KeyRef {

@@ -1,5 +1,5 @@
 import { HASH_LENGTH, type HashName } from './hashes';
-import { InvalidArgumentError } from '../errors';
+import { InvalidArgumentError } from '../../errors';
 
 export type KeyType = 'rsa' | 'ec' | 'ed25519';
 

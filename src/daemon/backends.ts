@@ -1,6 +1,6 @@
 import type { BackendConfig } from '../config/schema';
 import type { Logger } from '../log';
-import type { Backend } from './types';
+import type { Backend } from '../core/keys/types';
 
 /**
  * The one place a backend config entry becomes a Backend. Each kind's module is required

@@ -1,5 +1,5 @@
 import type { AlgorithmName } from '../crypto/algorithms';
-import { ConfigError } from '../errors';
+import { ConfigError } from '../../errors';
 import type { ClientIdentity } from './identity';
 import { anyMatch, compilePattern, type Matcher } from './pattern';
 import type { GroupConfig, KeyPolicyConfig } from './schema';

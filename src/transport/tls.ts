@@ -4,7 +4,7 @@ import type { Socket } from 'node:net';
 import type { Server, TLSSocket, TlsOptions } from 'node:tls';
 import type { Logger } from '../log';
 import type { Metrics } from '../metrics/metrics';
-import type { ListenerName } from './session-info';
+import type { ListenerName } from '../core/request';
 import { ConfigError } from '../errors';
 import { LogLimiter } from '../util/log-limiter';
 

@@ -1,7 +1,7 @@
 import { connect, type TLSSocket } from 'node:tls';
-import { ConnectionError, ResponseTimeoutError, UnexpectedAnswerError, describeConnectError } from '../client/errors';
-import { FrameReader, PADDED_LENGTH, Tag, decodeFrame, encodeFrame } from './codec';
-import { Opcode } from './request';
+import { ConnectionError, ResponseTimeoutError, UnexpectedAnswerError, describeConnectError } from './errors';
+import { FrameReader, PADDED_LENGTH, Tag, decodeFrame, encodeFrame } from '../protocols/compat/codec';
+import { Opcode } from '../protocols/compat/request';
 
 export interface CompatClientOptions {
   readonly host: string;

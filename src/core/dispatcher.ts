@@ -1,5 +1,5 @@
-import { digestLength, describeScheme, keyTypeOf, type AlgorithmName, type DecryptPadding, type SignScheme } from '../crypto/algorithms';
-import { hashMessage } from '../crypto/hashes';
+import { digestLength, describeScheme, keyTypeOf, type AlgorithmName, type DecryptPadding, type SignScheme } from './crypto/algorithms';
+import { hashMessage } from './crypto/hashes';
 import type { AuditLog } from '../audit/log';
 import { AuditRecords } from '../audit/record';
 import { RefusalSummaries, SUMMARISED_RESULTS } from '../audit/refusals';
@@ -14,14 +14,14 @@ import {
   toKeylessError,
   type KeylessError,
 } from '../errors';
-import { describeKeyRef, type KeyRef, type KeyRegistry, type RegisteredKey } from '../keys/registry';
-import type { Backend } from '../keys/types';
+import { describeKeyRef, type KeyRef, type KeyRegistry, type RegisteredKey } from './keys/registry';
+import type { Backend } from './keys/types';
 import type { Logger } from '../log';
 import type { Metrics } from '../metrics/metrics';
-import type { Membership, Operation, Policy } from '../policy/policy';
+import type { Membership, Operation, Policy } from './policy/policy';
 import { withTimeout } from '../util/timeout';
 import { FairScheduler, callCost } from './fair-scheduler';
-import type { RequestFacts, SessionInfo } from './session-info';
+import type { RequestFacts, SessionInfo } from './request';
 
 /** What is asked of a key: a signature with a named algorithm, or a decryption with a padding. */
 type OperationRequest = { readonly operation: 'sign'; readonly algorithm: AlgorithmName } | { readonly operation: 'decrypt' | 'decrypt_raw'; readonly padding: DecryptPadding };

@@ -1,14 +1,14 @@
 import type { WebSocket } from 'ws';
-import { KeylessError, toKeylessError } from '../errors';
-import type { keyless } from '../gen/keyless';
-import type { Logger } from '../log';
-import type { Metrics } from '../metrics/metrics';
-import { decodeRequest, encodeResponse, errorResponse, type RequestMessage } from '../protocol/v1';
-import { interpretRequest, requestContext } from '../protocol/v1-operation';
-import type { Dispatcher } from './dispatcher';
-import { keyInfoMessage } from '../protocol/v1-key-info';
-import type { SessionInfo } from './session-info';
-import type { LogLimiter } from '../util/log-limiter';
+import { KeylessError, toKeylessError } from '../../errors';
+import type { keyless } from '../../gen/keyless';
+import type { Logger } from '../../log';
+import type { Metrics } from '../../metrics/metrics';
+import { decodeRequest, encodeResponse, errorResponse, type RequestMessage } from './codec';
+import { interpretRequest, requestContext } from './operation';
+import type { Dispatcher } from '../../core/dispatcher';
+import { keyInfoMessage } from './key-info';
+import type { SessionInfo } from '../../core/request';
+import type { LogLimiter } from '../../util/log-limiter';
 
 /** WebSocket close codes (RFC 6455 §7.4.1). */
 export const CloseCode = { goingAway: 1001, protocolError: 1002, unsupportedData: 1003, tooBig: 1009 } as const;

@@ -1,4 +1,4 @@
-import { KeyFormatError } from '../errors';
+import { KeyFormatError } from '../../errors';
 
 /**
  * ECDSA signature encodings. Tokens (PKCS#11 CKM_ECDSA, CNG) return r||s, each padded to

@@ -1,5 +1,5 @@
 import { createHash, createPublicKey } from 'node:crypto';
-import { KeyFormatError } from '../errors';
+import { KeyFormatError } from '../../errors';
 import type { KeyType } from './algorithms';
 
 /**

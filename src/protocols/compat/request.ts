@@ -1,9 +1,9 @@
-import { SIGNATURE_ALGORITHMS, algorithmFor, isSignatureAlgorithm, type AlgorithmName, type SignatureAlgorithm, type SignScheme } from '../crypto/algorithms';
-import type { HashName } from '../crypto/hashes';
-import { InvalidArgumentError, type ErrorCode } from '../errors';
-import type { RequestFacts } from '../server/session-info';
-import { boundedText, FIELD_LIMITS } from '../util/bounded-text';
-import { ipFromBytes } from '../util/ip';
+import { SIGNATURE_ALGORITHMS, algorithmFor, isSignatureAlgorithm, type AlgorithmName, type SignatureAlgorithm, type SignScheme } from '../../core/crypto/algorithms';
+import type { HashName } from '../../core/crypto/hashes';
+import { InvalidArgumentError, type ErrorCode } from '../../errors';
+import type { RequestFacts } from '../../core/request';
+import { boundedText, FIELD_LIMITS } from '../../util/bounded-text';
+import { ipFromBytes } from '../../util/ip';
 import { CompatFormatError, ErrorByte, Tag, type Frame } from './codec';
 
 export const Opcode = { rsaDecrypt: 0x01, ping: 0xf1, response: 0xf0, pong: 0xf2, error: 0xff } as const;

@@ -1,10 +1,10 @@
-import { SCHEME_OF, type DecryptPadding, type SignatureAlgorithm, type SignScheme } from '../crypto/algorithms';
-import { BadRequestError } from '../errors';
-import type { KeyRef } from '../keys/registry';
-import type { RequestFacts } from '../server/session-info';
-import { boundedText, FIELD_LIMITS } from '../util/bounded-text';
-import { ipFromBytes } from '../util/ip';
-import { decryptPaddingFromMessage, keyRefFromMessage, signatureAlgorithmFromMessage, type RequestMessage } from './v1';
+import { SCHEME_OF, type DecryptPadding, type SignatureAlgorithm, type SignScheme } from '../../core/crypto/algorithms';
+import { BadRequestError } from '../../errors';
+import type { KeyRef } from '../../core/keys/registry';
+import type { RequestFacts } from '../../core/request';
+import { boundedText, FIELD_LIMITS } from '../../util/bounded-text';
+import { ipFromBytes } from '../../util/ip';
+import { decryptPaddingFromMessage, keyRefFromMessage, signatureAlgorithmFromMessage, type RequestMessage } from './codec';
 
 /** What a decoded keyless.v1 Request asks for, validated: the only shape the server acts on. */
 export type V1Operation =

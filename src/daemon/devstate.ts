@@ -1,7 +1,7 @@
 import { generateKeyPairSync } from 'node:crypto';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { PKI_FILES, initPki, writeAuditSigningKey } from './pki/init';
+import { PKI_FILES, initPki, writeAuditSigningKey } from '../pki/init';
 
 /**
  * The embedded default: what `keylessd` serves when started with no config file. A

@@ -1,6 +1,6 @@
 import type { TLSSocket } from 'node:tls';
-import { identityFromCertificate, type ClientIdentity } from '../policy/identity';
-import type { Membership, Policy } from '../policy/policy';
+import { identityFromCertificate, type ClientIdentity } from './policy/identity';
+import type { Membership, Policy } from './policy/policy';
 
 export type ListenerName = 'keyless.v1' | 'cloudflare';
 
@@ -20,7 +20,7 @@ export interface SessionInfo {
 /**
  * Optional facts about the end user's TLS connection, recorded in the audit log and usable by
  * policy: the one neutral shape both protocols map their request context onto (keyless.v1:
- * requestContext in src/protocol/v1-operation.ts; compat: interpretFrame in src/compat/request.ts).
+ * requestContext in src/protocols/v1/operation.ts; compat: interpretFrame in src/protocols/compat/request.ts).
  */
 export interface RequestFacts {
   readonly sni?: string;

@@ -3,7 +3,7 @@ import type { KeyHandle, SkippedKey } from './types';
 
 /**
  * A way to find keys that some protocol needs and the core does not know about (the compat
- * port's certificate digest is one: src/compat/key-index.ts). The protocol defines it; the
+ * port's certificate digest is one: src/protocols/compat/key-index.ts). The protocol defines it; the
  * registry builds it with the others when it is built, so a lookup is one map access.
  */
 export interface KeyIndex {

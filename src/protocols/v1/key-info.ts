@@ -1,7 +1,7 @@
 /** keyless.v1's KeyInfo for a registered key: how this protocol describes the core's key model. */
-import { algorithmsFor } from '../crypto/algorithms';
-import type { RegisteredKey } from '../keys/registry';
-import { signatureAlgorithmNumber, type KeyInfoMessage } from './v1';
+import { algorithmsFor } from '../../core/crypto/algorithms';
+import type { RegisteredKey } from '../../core/keys/registry';
+import { signatureAlgorithmNumber, type KeyInfoMessage } from './codec';
 
 export function keyInfoMessage(key: RegisteredKey): KeyInfoMessage {
   const pub = key.handle.publicKey;

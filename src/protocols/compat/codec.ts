@@ -5,7 +5,7 @@
  *   header (8 bytes): major u8 = 1 | minor u8 = 0 | body length u16 | id u32   (big-endian)
  *   body: items, each tag u8 | length u16 | value
  */
-import { InvalidArgumentError, KeylessdError } from '../errors';
+import { InvalidArgumentError, KeylessdError } from '../../errors';
 
 export const HEADER_LENGTH = 8;
 export const MAJOR = 0x01;

@@ -3,10 +3,10 @@
  * client and the fuzz tests share it. The message classes come from proto/keyless.proto.
  */
 import Long from 'long';
-import { keyless } from '../gen/keyless';
-import { SIGNATURE_ALGORITHMS, type DecryptPadding, type SignatureAlgorithm } from '../crypto/algorithms';
-import { BadRequestError, ERROR_CODES, InvalidArgumentError, type ErrorCode } from '../errors';
-import type { KeyRef } from '../keys/registry';
+import { keyless } from '../../gen/keyless';
+import { SIGNATURE_ALGORITHMS, type DecryptPadding, type SignatureAlgorithm } from '../../core/crypto/algorithms';
+import { BadRequestError, ERROR_CODES, InvalidArgumentError, type ErrorCode } from '../../errors';
+import type { KeyRef } from '../../core/keys/registry';
 
 /** The WebSocket subprotocol a keyless.v1 client offers and the server requires: defined here only. */
 export const SUBPROTOCOL = 'keyless.v1';

@@ -1,16 +1,16 @@
 import { createServer, type Server } from 'node:https';
-import { listen } from '../util/listen';
+import { listen } from '../../transport/listen';
 import type { AddressInfo, Socket } from 'node:net';
 import type { TLSSocket, TlsOptions } from 'node:tls';
 import { WebSocketServer, type WebSocket } from 'ws';
-import type { Logger } from '../log';
-import { SUBPROTOCOL } from '../protocol/v1';
-import type { Metrics } from '../metrics/metrics';
-import type { Dispatcher } from './dispatcher';
-import { sessionFor } from './session-info';
-import { connectionLimits, guardTlsServer } from './tls';
-import { CloseCode, V1Session } from './v1-session';
-import type { LogLimiter } from '../util/log-limiter';
+import type { Logger } from '../../log';
+import { SUBPROTOCOL } from './codec';
+import type { Metrics } from '../../metrics/metrics';
+import type { Dispatcher } from '../../core/dispatcher';
+import { sessionFor } from '../../core/request';
+import { connectionLimits, guardTlsServer } from '../../transport/tls';
+import { CloseCode, V1Session } from './session';
+import type { LogLimiter } from '../../util/log-limiter';
 
 const LISTENER = 'keyless.v1' as const;
 

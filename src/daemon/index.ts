@@ -1,19 +1,19 @@
 import type { AddressInfo } from 'node:net';
-import type { Config } from './config/schema';
+import type { Config } from '../config/schema';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { AuditLog, type AuditEvent } from './audit/log';
-import { loadAuditSigner, type AuditSigner } from './audit/signing';
-import { ConfigError } from './errors';
+import { AuditLog, type AuditEvent } from '../audit/log';
+import { loadAuditSigner, type AuditSigner } from '../audit/signing';
+import { ConfigError } from '../errors';
 import { closeKeySet, openKeySet, type BackendFactory, type KeySet } from './key-set';
-import type { KeyRegistry } from './keys/registry';
-import type { Logger } from './log';
-import { MetricsServer } from './metrics/http';
-import { Metrics } from './metrics/metrics';
-import { Dispatcher } from './server/dispatcher';
+import type { KeyRegistry } from '../core/keys/registry';
+import type { Logger } from '../log';
+import { MetricsServer } from '../metrics/http';
+import { Metrics } from '../metrics/metrics';
+import { Dispatcher } from '../core/dispatcher';
 import { createSecureContext, type TlsOptions } from 'node:tls';
-import { loadTlsMaterial, serverTlsOptions, type TlsMaterial } from './server/tls';
-import { V1Listener } from './server/v1-listener';
-import { CompatListener } from './compat/listener';
+import { loadTlsMaterial, serverTlsOptions, type TlsMaterial } from '../transport/tls';
+import { V1Listener } from '../protocols/v1/listener';
+import { CompatListener } from '../protocols/compat/listener';
 
 export interface DaemonAddresses {
   readonly v1: AddressInfo;

@@ -1,6 +1,6 @@
 import { createHash, createPublicKey } from 'node:crypto';
-import type { PublicKeyInfo } from '../crypto/keyid';
-import type { KeyIndex, KeyRef } from '../keys/registry';
+import type { PublicKeyInfo } from '../../core/crypto/keyid';
+import type { KeyIndex, KeyRef } from '../../core/keys/registry';
 
 /** COMPAT.md's certificate digest: SHA-256 of the RSA modulus written as uppercase hex text. */
 export function certificateDigest(modulus: Buffer): Buffer {
@@ -15,7 +15,7 @@ export function rsaModulus(spki: Buffer): Buffer {
 
 /**
  * The compat protocol's key-lookup index: edges may name an RSA key by its certificate digest
- * (tag 0x01) instead of its SKI. Registered with the key registry by the key set (src/key-set.ts).
+ * (tag 0x01) instead of its SKI. Registered with the key registry by the key set (src/daemon/key-set.ts).
  */
 export const certificateDigestIndex: KeyIndex = {
   description: 'certificate digest',

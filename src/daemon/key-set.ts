@@ -1,11 +1,11 @@
-import { COMPAT_KEY_INDEXES } from './compat/key-index';
-import type { Config } from './config/schema';
-import { createBackend } from './keys/backends';
-import { KeyRegistry } from './keys/registry';
-import type { Backend, KeyHandle, SkippedKey } from './keys/types';
-import type { Logger } from './log';
-import { Policy } from './policy/policy';
-import type { ServingState } from './server/dispatcher';
+import { COMPAT_KEY_INDEXES } from '../protocols/compat/key-index';
+import type { Config } from '../config/schema';
+import { createBackend } from './backends';
+import { KeyRegistry } from '../core/keys/registry';
+import type { Backend, KeyHandle, SkippedKey } from '../core/keys/types';
+import type { Logger } from '../log';
+import { Policy } from '../core/policy/policy';
+import type { ServingState } from '../core/dispatcher';
 
 export type BackendFactory = typeof createBackend;
 

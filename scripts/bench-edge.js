@@ -4,11 +4,16 @@
 // (module -> agent -> keylessd) — RSA-2048 and P-256, phases interleaved, in one run. Also the
 // added latency per handshake (p50/p99 at 1 in flight). No resumption: every handshake is full.
 //
-//   npm run build && scripts/build-pkcs11-module.sh && node scripts/bench-edge.js [--seconds 5] [--concurrency 8] [--rounds 2]
+//   npm run build && scripts/build-pkcs11-module.sh && node scripts/bench-edge.js [--seconds 5] [--concurrency 8] [--rounds 2] [--workers 2]
+//   node scripts/bench-edge.js --serve    # start everything, print pids and ports, stay up (for strace/perf/--cpu-prof)
+//
+// Per throughput phase it also prints the CPU time per handshake of nginx (master + workers),
+// the agent and keylessd, read from /proc; and P-256 signs through the agent's socket with 1
+// and 8 in flight with the agent's and keylessd's CPU per sign (docs/benchmarks.md, Edge).
 //
 // Throughput: N parallel `openssl s_time -new` clients; latency: this process, one handshake at a
 // time (Node's TLS client, which verifies nothing: the handshake cost is the server's).
-// Everything (nginx with 2 workers, keylessd, the agent and the load generators) shares the
+// Everything (nginx with 2 workers unless --workers, keylessd, the agent and the load generators) shares the
 // machine's cores, as the targets in docs/benchmarks.md assume. Needs nginx-light,
 // libengine-pkcs11-openssl and openssl; run as root so nginx's workers switch to nobody.
 'use strict';

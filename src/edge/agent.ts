@@ -33,6 +33,32 @@ export function topLevelFields(bytes: Uint8Array): Array<{ field: number; start:
   return fields;
 }
 
+/**
+ * A Request frame in the shape the module sends — at most one id (field 1, varint), exactly
+ * one sign or decrypt (field 3 or 4, length-delimited), nothing else but a context (15, dropped
+ * as `handle` drops it) — cut into the id field and the operation field, copied. Anything
+ * else (undefined) takes the decode-and-re-encode path, so only bytes whose parse is not in
+ * doubt are relayed: keylessd closes a session on a Request it cannot decode, which would
+ * fail every request in flight on it.
+ */
+export function relayParts(frame: Buffer): { idField: Buffer; operation: Buffer } | undefined {
+  let idField: Buffer | undefined;
+  let operation: Buffer | undefined;
+  let fields;
+  try {
+    fields = topLevelFields(frame);
+  } catch {
+    return undefined;
+  }
+  for (const f of fields) {
+    const wire = frame[f.start]! & 7; // field numbers 1..15 have a one-byte tag
+    if (f.field === 1 && wire === 0 && !idField) idField = Buffer.from(frame.subarray(f.start, f.end));
+    else if ((f.field === 3 || f.field === 4) && wire === 2 && !operation) operation = Buffer.from(frame.subarray(f.start, f.end));
+    else if (f.field !== 15 || wire !== 2) return undefined;
+  }
+  return operation ? { idField: idField ?? Buffer.alloc(0), operation } : undefined;
+}
+
 /** The message's bytes without one field (as slices, in order). */
 export function withoutField(bytes: Buffer, field: number): Buffer[] {
   const parts: Buffer[] = [];
@@ -184,7 +210,8 @@ export class EdgeAgent {
         } catch (err) {
           return this.protocolError(socket, `a frame that is not a keyless.v1 Request (${(err as Error).message})`);
         }
-        if (request.sign || request.decrypt) void this.relay(frame, request, socket);
+        const relayed = request.sign || request.decrypt ? relayParts(frame) : undefined;
+        if (relayed) void this.relay(relayed, request, socket);
         else void this.handle(request.id, request, socket);
       }
     });
@@ -210,17 +237,11 @@ export class EdgeAgent {
    * keylessd's Response comes back as the bytes keylessd sent, with the module's id in place
    * of the session's. The same answers, metrics and logs as `handle`, without re-encoding.
    */
-  private async relay(frame: Buffer, request: ReturnType<typeof decodeRequest>, socket: Socket): Promise<void> {
+  private async relay({ idField, operation }: { idField: Buffer; operation: Buffer }, request: ReturnType<typeof decodeRequest>, socket: Socket): Promise<void> {
     const started = process.hrtime.bigint();
     const op = request.sign ? 'sign' : 'decrypt';
-    let idField = Buffer.alloc(0);
-    let operation: Buffer | undefined;
-    for (const f of topLevelFields(frame)) {
-      if (f.field === 1) idField = Buffer.from(frame.subarray(f.start, f.end));
-      else if (f.field === 3 || f.field === 4) operation = frame.subarray(f.start, f.end);
-    }
     try {
-      const { response, bytes } = await this.options.pool.forward(operation!);
+      const { response, bytes } = await this.options.pool.forward(operation);
       this.send(socket, ...withoutField(bytes, 1), idField);
       if (response.result !== 'error') {
         this.metrics.requests.inc({ op, result: 'ok' });

@@ -4,11 +4,16 @@
 // (module -> agent -> keylessd) — RSA-2048 and P-256, phases interleaved, in one run. Also the
 // added latency per handshake (p50/p99 at 1 in flight). No resumption: every handshake is full.
 //
-//   npm run build && scripts/build-pkcs11-module.sh && node scripts/bench-edge.js [--seconds 5] [--concurrency 8] [--rounds 2]
+//   npm run build && scripts/build-pkcs11-module.sh && node scripts/bench-edge.js [--seconds 5] [--concurrency 8] [--rounds 2] [--workers 2]
+//   node scripts/bench-edge.js --serve    # start everything, print pids and ports, stay up (for strace/perf/--cpu-prof)
+//
+// Per throughput phase it also prints the CPU time per handshake of nginx (master + workers),
+// the agent and keylessd, read from /proc; and P-256 signs through the agent's socket with 1
+// and 8 in flight with the agent's and keylessd's CPU per sign (docs/benchmarks.md, Edge).
 //
 // Throughput: N parallel `openssl s_time -new` clients; latency: this process, one handshake at a
 // time (Node's TLS client, which verifies nothing: the handshake cost is the server's).
-// Everything (nginx with 2 workers, keylessd, the agent and the load generators) shares the
+// Everything (nginx with 2 workers unless --workers, keylessd, the agent and the load generators) shares the
 // machine's cores, as the targets in docs/benchmarks.md assume. Needs nginx-light,
 // libengine-pkcs11-openssl and openssl; run as root so nginx's workers switch to nobody.
 'use strict';
@@ -23,7 +28,7 @@ const { parseArgs } = require('node:util');
 const ROOT = path.resolve(__dirname, '..');
 const MODULE = path.join(ROOT, 'build/pkcs11/libkeylessd-pkcs11.so');
 const ENGINE = '/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so';
-const { values } = parseArgs({ options: { seconds: { type: 'string', default: '5' }, concurrency: { type: 'string', default: '8' }, rounds: { type: 'string', default: '2' }, latency: { type: 'string', default: '400' } } });
+const { values } = parseArgs({ options: { serve: { type: 'boolean', default: false }, workers: { type: 'string', default: '2' }, seconds: { type: 'string', default: '5' }, concurrency: { type: 'string', default: '8' }, rounds: { type: 'string', default: '2' }, latency: { type: 'string', default: '400' } } });
 const seconds = Number(values.seconds);
 const concurrency = Number(values.concurrency);
 const rounds = Number(values.rounds);
@@ -77,8 +82,42 @@ function handshakeOnce(port, options) {
   });
 }
 
+/** CPU time (user + system, ms) a process and all its threads have used; nginx: master and workers. */
+const CLK_TCK = 100;
+function cpuMs(pid) {
+  try {
+    const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    return ((Number(f[11]) + Number(f[12])) * 1000) / CLK_TCK;
+  } catch {
+    return 0;
+  }
+}
+function childrenOf(pid) {
+  try {
+    return fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+/** The whole machine's busy CPU time (ms, all cores), from /proc/stat. */
+function machineBusyMs() {
+  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  const idle = f[3] + (f[4] ?? 0);
+  return ((f.slice(0, 8).reduce((a, b) => a + b, 0) - idle) * 1000) / CLK_TCK;
+}
+let procs; // { nginx, agent, keylessd } pids, set in main()
+function cpuSnapshot() {
+  return {
+    nginx: cpuMs(procs.nginx) + childrenOf(procs.nginx).reduce((a, p) => a + cpuMs(p), 0),
+    agent: cpuMs(procs.agent),
+    keylessd: cpuMs(procs.keylessd),
+    machine: machineBusyMs(),
+  };
+}
+
 /** Full handshakes per second from `concurrency` parallel `openssl s_time -new` clients (C, so the load generator costs little CPU). */
 async function throughput(port) {
+  const before = cpuSnapshot();
   const runs = await Promise.all(
     Array.from(
       { length: concurrency },
@@ -91,7 +130,13 @@ async function throughput(port) {
         }),
     ),
   );
-  return { rate: runs.reduce((a, b) => a + b, 0) / seconds, failed: 0 };
+  const after = cpuSnapshot();
+  const count = runs.reduce((a, b) => a + b, 0);
+  // CPU per handshake (µs) of each process; "rest" is everything else on the machine: the openssl clients, this script, others.
+  const cpu = {};
+  for (const k of Object.keys(before)) cpu[k] = count ? ((after[k] - before[k]) * 1000) / count : 0;
+  cpu.rest = cpu.machine - cpu.nginx - cpu.agent - cpu.keylessd;
+  return { rate: count / seconds, failed: 0, cpu };
 }
 
 async function latency(port, options) {
@@ -108,11 +153,11 @@ async function main() {
   // keylessd's embedded default: a development PKI and demo keys (demo-rsa2048, demo-p256).
   const state = path.join(dir, 'state');
   const [v1, metrics] = [await freePort(), await freePort()];
-  start(process.execPath, [path.join(ROOT, 'dist/src/cli/keylessd.js'), '--state-dir', state, '--port', String(v1), '--metrics-port', String(metrics), '--log-level', 'warn']);
+  const keylessd = start(process.execPath, [path.join(ROOT, 'dist/src/cli/keylessd.js'), '--state-dir', state, '--port', String(v1), '--metrics-port', String(metrics), '--log-level', 'warn']);
   await waitFor('keylessd', () => canConnect({ port: v1, host: '127.0.0.1' }));
   const pki = path.join(state, 'pki');
   const socket = path.join(dir, 'agent.sock');
-  start(process.execPath, [path.join(ROOT, 'dist/src/cli/keylessd-agent.js'), '--server', `wss://127.0.0.1:${v1}/v1`, '--servername', 'localhost', '--ca', path.join(pki, 'ca.crt'), '--cert', path.join(pki, 'client.crt'), '--key', path.join(pki, 'client.key'), '--socket', socket, '--socket-mode', '666', '--log-level', 'warn']);
+  const agent = start(process.execPath, [path.join(ROOT, 'dist/src/cli/keylessd-agent.js'), '--server', `wss://127.0.0.1:${v1}/v1`, '--servername', 'localhost', '--ca', path.join(pki, 'ca.crt'), '--cert', path.join(pki, 'client.crt'), '--key', path.join(pki, 'client.key'), '--socket', socket, '--socket-mode', '666', '--log-level', 'warn']);
   await waitFor('the agent', () => fs.existsSync(socket) && canConnect({ path: socket }));
   await sleep(500);
 
@@ -140,7 +185,7 @@ async function main() {
     path.join(prefix, 'nginx.conf'),
     [
       isRoot ? 'user nobody nogroup;' : '',
-      'worker_processes 2;',
+      `worker_processes ${values.workers};`,
       'daemon off;',
       `pid ${path.join(prefix, 'nginx.pid')};`,
       `error_log ${path.join(prefix, 'logs/error.log')} warn;`,
@@ -153,24 +198,31 @@ async function main() {
       '',
     ].join('\n'),
   );
-  start('nginx', ['-p', prefix, '-c', path.join(prefix, 'nginx.conf')], { OPENSSL_CONF: conf, KEYLESSD_PKCS11_SOCKET: socket, KEYLESSD_PKCS11_CONF: path.join(dir, 'none.conf') });
+  const nginx = start('nginx', ['-p', prefix, '-c', path.join(prefix, 'nginx.conf')], { OPENSSL_CONF: conf, KEYLESSD_PKCS11_SOCKET: socket, KEYLESSD_PKCS11_CONF: path.join(dir, 'none.conf') });
   for (const t of targets) await waitFor(`nginx on ${t.port}`, () => canConnect({ port: t.port, host: '127.0.0.1' }));
 
+  if (values.serve) {
+    // For profiling (strace/perf on a worker, --cpu-prof on the agent): everything stays up until Ctrl-C.
+    console.log(JSON.stringify({ nginx: nginx.pid, agent: agent.pid, keylessd: keylessd.pid, socket, targets: targets.map((t) => ({ key: t.key, via: t.via, port: t.port })) }, null, 1));
+    await new Promise(() => {});
+  }
+  procs = { nginx: nginx.pid, agent: agent.pid, keylessd: keylessd.pid };
   const cpus = os.cpus();
   console.log(`bench-edge: ${cpus.length} x ${cpus[0].model}, node ${process.version}, ${require('node:child_process').spawnSync('nginx', ['-v'], { encoding: 'utf8' }).stderr.trim()}, load average ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}`);
   console.log(`TLS 1.3 full handshakes, ${concurrency} openssl s_time -new clients in parallel, ${seconds} s per phase, ${rounds} round(s); latency: ${latencySamples} sequential handshakes\n`);
   const results = {};
-  for (const t of targets) results[`${t.key}/${t.via}`] = { rates: [], failed: 0, lat: [] };
+  for (const t of targets) results[`${t.key}/${t.via}`] = { rates: [], failed: 0, lat: [], cpu: [] };
   for (let round = 0; round < rounds; round++) {
     for (const t of targets) {
       const options = t.key === 'demo-p256' ? { sigalgs: 'ecdsa_secp256r1_sha256' } : { sigalgs: 'rsa_pss_rsae_sha256' };
       await latency(t.port, options); // warm up
       const r = results[`${t.key}/${t.via}`];
-      const { rate, failed } = await throughput(t.port);
+      const { rate, failed, cpu } = await throughput(t.port);
       r.rates.push(rate);
+      r.cpu.push(cpu);
       r.failed += failed;
       r.lat.push(await latency(t.port, options));
-      console.log(`round ${round + 1} ${t.key.padEnd(12)} ${t.via.padEnd(6)} ${rate.toFixed(0).padStart(6)} handshakes/s  p50 ${r.lat.at(-1).p50.toFixed(2)} ms  p99 ${r.lat.at(-1).p99.toFixed(2)} ms${failed ? `  (${failed} failed)` : ''}`);
+      console.log(`round ${round + 1} ${t.key.padEnd(12)} ${t.via.padEnd(6)} ${rate.toFixed(0).padStart(6)} handshakes/s  p50 ${r.lat.at(-1).p50.toFixed(2)} ms  p99 ${r.lat.at(-1).p99.toFixed(2)} ms${failed ? `  (${failed} failed)` : ''}  CPU µs/handshake: nginx ${cpu.nginx.toFixed(0)} agent ${cpu.agent.toFixed(0)} keylessd ${cpu.keylessd.toFixed(0)} rest ${cpu.rest.toFixed(0)} (machine ${cpu.machine.toFixed(0)})`);
     }
   }
   // Where the added time goes: P-256 signs one at a time, directly through a client pool to
@@ -188,30 +240,58 @@ async function main() {
     direct.push(Number(process.hrtime.bigint() - t0) / 1e6);
   }
   await pool.close();
-  const viaAgent = [];
-  const agentSocket = net.connect(socket);
-  let pendingFrame = Buffer.alloc(0);
-  let answer;
-  agentSocket.on('data', (d) => {
-    pendingFrame = Buffer.concat([pendingFrame, d]);
-    if (pendingFrame.length >= 4 && pendingFrame.length >= 4 + pendingFrame.readUInt32BE(0)) {
-      const frame = pendingFrame.subarray(4, 4 + pendingFrame.readUInt32BE(0));
-      pendingFrame = pendingFrame.subarray(4 + frame.length);
-      answer(decodeResponse(frame));
-    }
-  });
-  for (let i = 0; i < 300; i++) {
-    const body = encodeRequest({ id: i + 1, sign: { key: { name: 'demo-p256' }, algorithm: 9, digest } });
-    const header = Buffer.alloc(4);
-    header.writeUInt32BE(body.length);
+  // The module's path without nginx: signs over the agent's socket, `inflight` connections each
+  // with one request outstanding (as `inflight` blocked nginx workers would), with the CPU each
+  // process spends per sign.
+  async function viaAgent(inflight, count) {
+    const conns = await Promise.all(
+      Array.from({ length: inflight }, async () => {
+        const c = net.connect(socket);
+        await new Promise((r) => c.once('connect', r));
+        let pendingFrame = Buffer.alloc(0);
+        let answer;
+        c.on('data', (d) => {
+          pendingFrame = pendingFrame.length ? Buffer.concat([pendingFrame, d]) : d;
+          if (pendingFrame.length >= 4 && pendingFrame.length >= 4 + pendingFrame.readUInt32BE(0)) {
+            const frame = pendingFrame.subarray(4, 4 + pendingFrame.readUInt32BE(0));
+            pendingFrame = pendingFrame.subarray(4 + frame.length);
+            answer(decodeResponse(frame));
+          }
+        });
+        return { c, call: (bytes) => new Promise((r) => ((answer = r), c.write(bytes))) };
+      }),
+    );
+    const frame = (id) => {
+      const body = encodeRequest({ id, sign: { key: { name: 'demo-p256' }, algorithm: 9, digest } });
+      const header = Buffer.alloc(4);
+      header.writeUInt32BE(body.length);
+      return Buffer.concat([header, body]);
+    };
+    for (const { call } of conns) for (let i = 0; i < 20; i++) await call(frame(i + 1)); // warm up
+    const times = [];
+    const before = cpuSnapshot();
     const t0 = process.hrtime.bigint();
-    await new Promise((r) => ((answer = r), agentSocket.write(Buffer.concat([header, body]))));
-    viaAgent.push(Number(process.hrtime.bigint() - t0) / 1e6);
+    await Promise.all(
+      conns.map(async ({ call }) => {
+        for (let i = 0; i < count / inflight; i++) {
+          const t = process.hrtime.bigint();
+          await call(frame(i + 1));
+          times.push(Number(process.hrtime.bigint() - t) / 1e6);
+        }
+      }),
+    );
+    const elapsed = Number(process.hrtime.bigint() - t0) / 1e9;
+    const after = cpuSnapshot();
+    conns.forEach(({ c }) => c.destroy());
+    return { ...pct(times), rate: times.length / elapsed, agent: ((after.agent - before.agent) * 1000) / times.length, keylessd: ((after.keylessd - before.keylessd) * 1000) / times.length };
   }
-  agentSocket.destroy();
   const d = pct(direct);
-  const a = pct(viaAgent);
-  console.log(`\nP-256 sign, one at a time: client pool -> keylessd p50 ${d.p50.toFixed(2)} ms p99 ${d.p99.toFixed(2)} ms; agent socket -> agent -> keylessd p50 ${a.p50.toFixed(2)} ms p99 ${a.p99.toFixed(2)} ms`);
+  const a1 = await viaAgent(1, 1000);
+  const a8 = await viaAgent(8, 4000);
+  console.log(`\nP-256 sign, one at a time: client pool -> keylessd p50 ${d.p50.toFixed(2)} ms p99 ${d.p99.toFixed(2)} ms; agent socket -> agent -> keylessd p50 ${a1.p50.toFixed(2)} ms p99 ${a1.p99.toFixed(2)} ms`);
+  for (const [n, a] of [[1, a1], [8, a8]]) {
+    console.log(`P-256 sign through the agent's socket, ${n} in flight: ${a.rate.toFixed(0)}/s, p50 ${a.p50.toFixed(2)} ms; CPU µs/sign: agent ${a.agent.toFixed(0)}, keylessd ${a.keylessd.toFixed(0)}`);
+  }
 
   const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
   console.log('\nkey           file hs/s  module hs/s  ratio  p50 file  p50 module  added p50  p99 file  p99 module  added p99');
@@ -227,6 +307,13 @@ async function main() {
         `  ${fp50.toFixed(2).padStart(8)} ${mp50.toFixed(2).padStart(11)} ${(mp50 - fp50).toFixed(2).padStart(10)}  ${fp99.toFixed(2).padStart(8)} ${mp99.toFixed(2).padStart(11)} ${(mp99 - fp99).toFixed(2).padStart(10)}` +
         (f.failed + m.failed ? `  failed: ${f.failed}/${m.failed}` : ''),
     );
+  }
+  console.log('\nCPU µs per handshake (throughput phases, mean of rounds; rest = the openssl clients and everything else on the machine)');
+  console.log('key          via     nginx  agent  keylessd  rest  machine');
+  for (const [k, r] of Object.entries(results)) {
+    const c = (f) => mean(r.cpu.map((x) => x[f])).toFixed(0);
+    const [key, via] = k.split('/');
+    console.log(`${key.padEnd(12)} ${via.padEnd(6)} ${c('nginx').padStart(6)} ${c('agent').padStart(6)} ${c('keylessd').padStart(9)} ${c('rest').padStart(5)} ${c('machine').padStart(8)}`);
   }
   process.exit(0);
 }

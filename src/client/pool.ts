@@ -2,7 +2,8 @@ import type { DecryptPadding, SignatureAlgorithm } from '../core/crypto/algorith
 import { InvalidArgumentError, KeylessError } from '../errors';
 import type { keyless } from '../gen/keyless';
 import type { KeyRef } from '../core/keys/registry';
-import { ConnectionError, PoolBusyError } from './errors';
+import { errorCodeName, type ResponseMessage } from '../protocols/v1/codec';
+import { ConnectionError, PoolBusyError, RemoteError } from './errors';
 import { KeylessSession, type SessionOptions } from './session';
 
 export interface PoolOptions {
@@ -79,6 +80,20 @@ export class KeylessPool {
 
   decrypt(key: KeyRef, padding: DecryptPadding, ciphertext: Buffer): Promise<Buffer> {
     return this.call((session) => session.decrypt(key, padding, ciphertext));
+  }
+
+  /**
+   * KeylessSession.forward on the least-loaded session: an encoded operation in, the Response
+   * decoded and as bytes out. Failover is the same as sign's: a lost session, or an Error
+   * response BACKEND_UNAVAILABLE or OVERLOADED, is retried once elsewhere (then thrown).
+   */
+  forward(operation: Uint8Array): Promise<{ response: ResponseMessage; bytes: Buffer }> {
+    return this.call(async (session) => {
+      const answer = await session.forward(operation);
+      const code = answer.response.result === 'error' ? errorCodeName(answer.response.error?.code) : undefined;
+      if (code === 'BACKEND_UNAVAILABLE' || code === 'OVERLOADED') throw new RemoteError(code, answer.response.error?.message ?? '');
+      return answer;
+    });
   }
 
   ping(payload?: Buffer): Promise<Buffer> {

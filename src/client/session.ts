@@ -38,7 +38,7 @@ export interface SessionOptions {
 type RequestBody = Omit<keyless.v1.Request.$Properties, 'id'>;
 
 interface Pending {
-  resolve(response: ResponseMessage): void;
+  resolve(response: ResponseMessage, bytes: Buffer): void;
   reject(err: Error): void;
   timer: NodeJS.Timeout;
 }
@@ -118,6 +118,26 @@ export class KeylessSession extends EventEmitter {
     });
   }
 
+  /**
+   * Sends an operation that is already encoded — the bytes of one Request field such as
+   * `sign` (3) or `decrypt` (4), tag included, as a relay received them — with this session's
+   * own id, and resolves with the Response both decoded and as the bytes the server sent (an
+   * Error response resolves too). For the edge agent, which relays without re-encoding.
+   */
+  forward(operation: Uint8Array, timeoutMs = this.requestTimeoutMs): Promise<{ response: ResponseMessage; bytes: Buffer }> {
+    if (this.ws.readyState !== WebSocket.OPEN) return Promise.reject(new ConnectionError('session is not open'));
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new ResponseTimeoutError(`no answer to request ${id} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pending.set(id, { resolve: (response, bytes) => resolve({ response, bytes }), reject, timer });
+      // Fields may come in any order: the operation as received, then the id (field 1) alone.
+      this.ws.send(Buffer.concat([operation, encodeRequest({ id })]));
+    });
+  }
+
   async ping(payload: Buffer = Buffer.alloc(0)): Promise<Buffer> {
     return Buffer.from(expect(await this.request({ ping: { payload } }), 'pong').payload ?? []);
   }
@@ -180,7 +200,7 @@ export class KeylessSession extends EventEmitter {
     if (!pending) return;
     this.pending.delete(id);
     clearTimeout(pending.timer);
-    pending.resolve(response);
+    pending.resolve(response, data);
   }
 
   private failAll(err: Error): void {

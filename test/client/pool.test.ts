@@ -1,10 +1,11 @@
-import { createPublicKey, generateKeyPairSync, verify } from 'node:crypto';
+import { createHash, createPublicKey, generateKeyPairSync, verify } from 'node:crypto';
 import { createServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer } from 'ws';
 import { PoolBusyError } from '../../src/client/errors';
 import { KeylessPool } from '../../src/client/pool';
 import { TimeoutError } from '../../src/errors';
+import { decodeResponse, encodeRequest, errorCodeName, pb } from '../../src/protocols/v1/codec';
 import { makeTestPki, type TestPki } from '../helpers/pki';
 import { freePort } from '../helpers/ports';
 import { startDaemon, writeKeyDir, type RunningDaemon } from '../helpers/daemon';
@@ -79,6 +80,26 @@ test('a reconnect resumes the TLS session instead of a full handshake', async ()
   firstSession.abort();
   await until(() => slots[0] !== undefined && slots[0] !== firstSession && slots[0].isOpen, 30_000, 'a new session to replace the closed one');
   expect(slots[0]!.resumed).toBe(true);
+  await client.close();
+  await server.stop();
+});
+
+test('forward: an encoded operation goes out under the session\'s id; the Response comes back decoded and as the server\'s bytes', async () => {
+  const server = await serve();
+  const client = pool([server.url]);
+  await client.ready();
+  const digest = createHash('sha256').update(message).digest();
+  // The sign field (3) alone, as a relay cuts it out of a Request whose id is its own.
+  const sign = (name: string) => Buffer.from(encodeRequest({ sign: { key: { name }, algorithm: pb.SignatureAlgorithm.ECDSA_SHA256, digest } }));
+  const answer = await client.forward(sign('k'));
+  expect(answer.response.result).toBe('signature');
+  expect(ok(Buffer.from(answer.response.signature!))).toBe(true);
+  expect(decodeResponse(answer.bytes).id).toEqual(answer.response.id);
+  expect(Number(answer.response.id)).toBeGreaterThan(0);
+  // An error answer resolves (it is the relay's to pass on); only BACKEND_UNAVAILABLE/OVERLOADED are retried and thrown.
+  const missing = await client.forward(sign('no-such-key'));
+  expect(missing.response.result).toBe('error');
+  expect(errorCodeName(missing.response.error?.code)).toBe('KEY_NOT_FOUND');
   await client.close();
   await server.stop();
 });

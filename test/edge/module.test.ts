@@ -7,7 +7,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { constants, createHash, createPublicKey, publicEncrypt, randomBytes, verify } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as pkcs11js from 'pkcs11js';
 import { generateKey, writeKeyDir } from '../helpers/daemon';
@@ -248,6 +248,51 @@ test('C_Initialize again is CKR_CRYPTOKI_ALREADY_INITIALIZED; after C_Finalize i
   p11.C_Initialize(initArgs());
   session = p11.C_OpenSession(p11.C_GetSlotList(true)[0]!, pkcs11js.CKF_SERIAL_SESSION);
   expect(findKey('rsa')).toEqual(before);
+});
+
+/** A stand-in agent (its own process) that relays to the real one but sends every answer twice in one write. */
+const DOUBLING_AGENT = `
+const net = require('node:net');
+const [listen, upstream] = process.argv.slice(1);
+net.createServer((client) => {
+  const real = net.connect(upstream);
+  client.pipe(real);
+  let pending = Buffer.alloc(0);
+  real.on('data', (d) => {
+    pending = Buffer.concat([pending, d]);
+    while (pending.length >= 4 && pending.length >= 4 + pending.readUInt32BE(0)) {
+      const frame = pending.subarray(0, 4 + pending.readUInt32BE(0));
+      pending = pending.subarray(frame.length);
+      client.write(Buffer.concat([frame, frame]));
+    }
+  });
+  const end = () => (client.destroy(), real.destroy());
+  client.on('error', end).on('close', end);
+  real.on('error', end).on('close', end);
+}).listen(listen);
+`;
+
+test('an agent that answers one request twice: C_Sign returns CKR_DEVICE_ERROR (the stream is broken), the real agent works again after', async () => {
+  const handle = findKey('p256');
+  const digest = createHash('sha256').update('doubled').digest();
+  const fakeSocket = join(openDir('keylessd-fake-agent-'), 'fake.sock');
+  const fake = spawn(process.execPath, ['-e', DOUBLING_AGENT, fakeSocket, agent.socket], { stdio: 'ignore' });
+  try {
+    await waitFor('the stand-in agent to listen', () => existsSync(fakeSocket));
+    p11.C_Finalize();
+    p11.C_Initialize({ libraryParameters: `socket=${fakeSocket} timeout_ms=${TIMEOUT_MS} keys_ttl_ms=100` });
+    session = p11.C_OpenSession(p11.C_GetSlotList(true)[0]!, pkcs11js.CKF_SERIAL_SESSION);
+    p11.C_SignInit(session, { mechanism: pkcs11js.CKM_ECDSA }, handle);
+    expect(code(() => p11.C_Sign(session, digest, Buffer.alloc(64)))).toBe('CKR_DEVICE_ERROR');
+  } finally {
+    fake.kill();
+    p11.C_Finalize();
+    p11.C_Initialize(initArgs());
+    session = p11.C_OpenSession(p11.C_GetSlotList(true)[0]!, pkcs11js.CKF_SERIAL_SESSION);
+  }
+  p11.C_SignInit(session, { mechanism: pkcs11js.CKM_ECDSA }, handle);
+  const signature = p11.C_Sign(session, digest, Buffer.alloc(64));
+  expect(verify('sha256', Buffer.from('doubled'), { key: createPublicKey(ecKey), dsaEncoding: 'ieee-p1363' }, signature)).toBe(true);
 });
 
 test('an agent that does not answer: C_Sign returns CKR_DEVICE_ERROR after the timeout, then works again', () => {

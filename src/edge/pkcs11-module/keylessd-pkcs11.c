@@ -427,6 +427,36 @@ static int read_all(int fd, unsigned char *p, size_t n, int64_t deadline) {
   return 0;
 }
 
+/*
+ * Reads one answer frame: poll first (the agent never answers within our send, so a recv
+ * straight away would only return EAGAIN), then one recv that usually brings the whole frame.
+ * 0: *frame (malloc'd) holds n bytes. -1: nothing (or not even the 4-byte length) arrived
+ * before the deadline or the peer closed: the caller may retry on a fresh connection.
+ * -2: a broken or oversized frame, or a late failure: do not retry.
+ */
+static int read_frame(int fd, unsigned char **frame, size_t *frame_len, int64_t deadline) {
+  unsigned char first[2048]; size_t have = 0;
+  while (have < 4) {
+    if (wait_fd(fd, POLLIN, deadline)) return -1;
+    ssize_t r = recv(fd, first + have, sizeof first - have, 0);
+    if (r > 0) { have += (size_t)r; continue; }
+    if (r == 0) return -1;
+    if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
+    return -1;
+  }
+  uint32_t n = ((uint32_t)first[0] << 24) | ((uint32_t)first[1] << 16) | ((uint32_t)first[2] << 8) | first[3];
+  if (n > MAX_FRAME) { debug("the agent sent a frame of %u bytes", n); return -2; }
+  /* One request at a time per connection: anything past this frame is a broken stream. */
+  if (have - 4 > n) { debug("the agent sent more than one answer"); return -2; }
+  unsigned char *f = malloc(n ? n : 1);
+  if (!f) return -2;
+  memcpy(f, first + 4, have - 4);
+  explicit_bzero(first, have); /* a decryption's answer must not linger on the stack */
+  if (read_all(fd, f + (have - 4), n - (have - 4), deadline) != 0) { free(f); debug("no answer from the agent within %ld ms", g_timeout_ms); return -2; }
+  *frame = f; *frame_len = n;
+  return 0;
+}
+
 typedef struct {
   int kind;              /* 0 none, 3 signature, 4 plaintext, 5 keys, 15 error */
   const unsigned char *data; size_t len; /* signature / plaintext / KeyList bytes */
@@ -460,15 +490,11 @@ static CK_RV call_agent(unsigned op_field, const buf *op, response *out) {
   if (fd < 0) { free(req.p); return CKR_DEVICE_ERROR; }
   /* An idle connection may have been closed by a restarted agent: one fresh retry. */
   for (int attempt = 0;; attempt++) {
-    unsigned char len4[4];
-    int ok = write_all(fd, req.p, req.len, deadline) == 0 && read_all(fd, len4, 4, deadline) == 0;
-    if (ok) {
-      uint32_t n = ((uint32_t)len4[0] << 24) | ((uint32_t)len4[1] << 16) | ((uint32_t)len4[2] << 8) | len4[3];
-      if (n > MAX_FRAME) { close(fd); free(req.p); debug("the agent sent a frame of %u bytes", n); return CKR_DEVICE_ERROR; }
-      out->frame = malloc(n ? n : 1);
-      out->frame_len = n;
-      if (!out->frame) { close(fd); free(req.p); return CKR_HOST_MEMORY; }
-      if (read_all(fd, out->frame, n, deadline) != 0) { close(fd); free(req.p); free(out->frame); out->frame = NULL; debug("no answer from the agent within %ld ms", g_timeout_ms); return CKR_DEVICE_ERROR; }
+    /* One send of the whole frame (length and body together), one poll, usually one recv. */
+    int got = write_all(fd, req.p, req.len, deadline) == 0 ? read_frame(fd, &out->frame, &out->frame_len, deadline) : -1;
+    if (got == -2) { close(fd); free(req.p); return CKR_DEVICE_ERROR; }
+    if (got == 0) {
+      size_t n = out->frame_len;
       free(req.p);
       reader r = {out->frame, out->frame + n};
       pb_field f; int rc; uint64_t got_id = 0;

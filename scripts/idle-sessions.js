@@ -13,7 +13,7 @@ const { values } = parseArgs({
   options: {
     pid: { type: 'string' },
     sessions: { type: 'string', default: '10000' },
-    batch: { type: 'string', default: '200' },
+    batch: { type: 'string', default: '50' }, // under limits.max_pending_handshakes_per_address (64)
     hold: { type: 'string', default: '5' },
     server: { type: 'string' },
     ca: { type: 'string' },

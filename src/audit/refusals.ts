@@ -1,12 +1,12 @@
 /**
- * Bounds what a hostile edge costs the audit log. Refusals (requests answered FORBIDDEN,
- * KEY_NOT_FOUND, BAD_REQUEST or UNSUPPORTED) are recorded in full the first time in each
+ * Bounds what a hostile edge, or an overload, costs the audit log. Refusals (requests answered FORBIDDEN,
+ * KEY_NOT_FOUND, BAD_REQUEST, UNSUPPORTED, or OVERLOADED because a backend's queue was full) are recorded in full the first time in each
  * window for one client identity, key and result (keys the client named that do not exist
  * count as one); the rest of that window is counted, and one
  * summary record with the count closes the window. Allowed operations and backend failures
  * are always recorded one by one.
  */
-export const SUMMARISED_RESULTS: ReadonlySet<string> = new Set(['FORBIDDEN', 'KEY_NOT_FOUND', 'BAD_REQUEST', 'UNSUPPORTED']);
+export const SUMMARISED_RESULTS: ReadonlySet<string> = new Set(['FORBIDDEN', 'KEY_NOT_FOUND', 'BAD_REQUEST', 'UNSUPPORTED', 'OVERLOADED']);
 
 interface Window {
   readonly started: number;

@@ -49,6 +49,11 @@ export const limitsSchema = z
   .object({
     max_inflight_per_session: positive('Requests one session may have in flight; more are answered OVERLOADED at once.', 4096, 1_000_000),
     max_inflight_total: positive('Requests in flight across all sessions; more are answered OVERLOADED at once.', 65_536, 10_000_000),
+    max_queued_per_backend: positive(
+      "Work that may wait for a turn on one backend, counted in its calls (on the file backend an RSA operation counts 1 and an ECDSA or Ed25519 signature 1/20); more is answered OVERLOADED at once instead of queueing, so an overloaded server keeps answering at its capacity with a bounded wait. A session with less than its share of the queue is still admitted.",
+      256,
+      1_000_000,
+    ),
     max_frame_bytes: positive('Largest WebSocket message accepted; a larger one closes the session with code 1009.', 65_536, 16 * 1024 * 1024),
     max_sessions: positive('Concurrent sessions (connections that finished the TLS handshake) per listener; more are refused and counted.', 20_000, 1_000_000),
     max_pending_handshakes: positive(

@@ -20,7 +20,7 @@ import type { Logger } from '../log';
 import type { Metrics } from '../metrics/metrics';
 import type { Membership, Operation, Policy } from './policy/policy';
 import { withTimeout } from '../util/timeout';
-import { FairScheduler, callCost } from './fair-scheduler';
+import { DEFAULT_MAX_QUEUED, FairScheduler, backendParallelism, callCost } from './fair-scheduler';
 import type { RequestFacts, SessionInfo } from './request';
 
 /** What is asked of a key: a signature with a named algorithm, or a decryption with a padding. */
@@ -34,6 +34,8 @@ export interface ServingState {
   readonly policy: Policy;
   readonly maxInflightPerSession: number;
   readonly maxInflightTotal: number;
+  /** Calls that may wait for a turn on one backend (FairScheduler); more are refused with OVERLOADED at once. */
+  readonly maxQueuedPerBackend?: number;
 }
 
 export interface AuditSink {
@@ -57,7 +59,7 @@ export class Dispatcher {
    */
   private readonly outstanding = new Map<Backend, number>();
   /** Turns on each backend, round-robin across sessions, so one session's backlog cannot starve another. */
-  private readonly scheduler = new FairScheduler();
+  private readonly scheduler = new FairScheduler(backendParallelism, () => this.state().maxQueuedPerBackend ?? DEFAULT_MAX_QUEUED);
 
   private readonly refusals: RefusalSummaries;
   private readonly records = new AuditRecords();

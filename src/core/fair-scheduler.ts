@@ -1,4 +1,4 @@
-import { TimeoutError } from '../errors';
+import { OverloadedError, TimeoutError } from '../errors';
 
 /**
  * What the file backend runs at once, in RSA-private-operation units: its work runs on
@@ -29,6 +29,13 @@ export function backendParallelism(backend: object): number {
   return DEFAULT_PARALLELISM;
 }
 
+/**
+ * Calls that may wait for a turn on one backend, in units of its callCost (an RSA
+ * operation on the file backend, one call on an HSM session), unless the limits say
+ * otherwise (`limits.max_queued_per_backend`).
+ */
+export const DEFAULT_MAX_QUEUED = 256;
+
 /** What one call on `backend` with a key of `keyType` costs against backendParallelism(). */
 export function callCost(backend: { readonly kind: string }, keyType: string): number {
   if (backend.kind !== 'file') return 1; // HSM sessions and the CNG shim: one call each, whatever the key
@@ -51,6 +58,8 @@ interface BackendQueue {
   load: number;
   /** Sessions with queued calls, in round-robin order (a Map keeps insertion order). */
   readonly sessions: Map<object, Set<Task>>;
+  /** Sum of the queued calls' costs. */
+  queuedCost: number;
 }
 
 /**
@@ -64,15 +73,36 @@ interface BackendQueue {
 export class FairScheduler {
   private readonly queues = new WeakMap<object, BackendQueue>();
 
-  constructor(private readonly parallelism: (backend: object) => number = backendParallelism) {}
+  constructor(
+    private readonly parallelism: (backend: object) => number = backendParallelism,
+    /** How much (in callCost units) may wait for a turn on one backend; read at each call, so a reload's limit applies at once. */
+    private readonly maxQueued: () => number = () => DEFAULT_MAX_QUEUED,
+  ) {}
 
   /**
    * Runs `start(remainingMs)` when the backend has a free slot and it is this session's
    * turn. The slot is held until the promise `start` returns settles; `remainingMs` is
    * what is left of `timeoutMs` when it starts.
+   *
+   * Overload is shed at the door: when the calls already waiting on this backend cost
+   * `maxQueued` or more, the call is refused at once with OVERLOADED instead of joining a
+   * queue that would only grow (and answer everything late, then TIMEOUT). A session that
+   * has less than its fair share of the queue waiting (maxQueued divided among the sessions
+   * waiting) is still let in, so a flood that fills the queue does not shut a quiet
+   * session out; the queue can then exceed maxQueued by at most about as much again.
    */
   run<T>(backend: object, session: object, timeoutMs: number, what: string, start: (remainingMs: number) => Promise<T>, cost = 1): Promise<T> {
     const queue = this.queueFor(backend);
+    if (queue.queuedCost > 0) {
+      const limit = this.maxQueued();
+      if (queue.queuedCost + cost > limit) {
+        const own = queue.sessions.get(session);
+        const sessions = queue.sessions.size + (own ? 0 : 1);
+        if (((own?.size ?? 0) + 1) * cost > limit / sessions) {
+          return Promise.reject(new OverloadedError(`${what}: the backend is saturated (${Math.round(queue.queuedCost)} calls' worth waiting for a turn, limit ${limit}); retry later or on another server`));
+        }
+      }
+    }
     return new Promise<T>((resolve, reject) => {
       const deadline = Date.now() + timeoutMs;
       const task: Task = {
@@ -103,10 +133,12 @@ export class FairScheduler {
         queue.sessions.set(session, tasks);
       }
       tasks.add(task);
+      queue.queuedCost += cost;
       task.timer = setTimeout(() => {
         const waiting = queue.sessions.get(session);
         if (!waiting?.delete(task)) return;
         if (waiting.size === 0) queue.sessions.delete(session);
+        queue.queuedCost = queue.sessions.size === 0 ? 0 : queue.queuedCost - cost;
         task.expire();
       }, timeoutMs);
     });
@@ -135,7 +167,7 @@ export class FairScheduler {
   private queueFor(backend: object): BackendQueue {
     let queue = this.queues.get(backend);
     if (!queue) {
-      queue = { limit: Math.max(1, this.parallelism(backend)), running: new Set(), load: 0, sessions: new Map() };
+      queue = { limit: Math.max(1, this.parallelism(backend)), running: new Set(), load: 0, sessions: new Map(), queuedCost: 0 };
       this.queues.set(backend, queue);
     }
     return queue;
@@ -148,9 +180,11 @@ export class FairScheduler {
       // Strict turns: the session whose turn it is waits for room rather than be overtaken.
       if (!fits(queue, task.cost)) return;
       tasks.delete(task);
+      queue.queuedCost -= task.cost;
       // This session had its turn: to the back of the line, if it has more.
       queue.sessions.delete(session);
       if (tasks.size > 0) queue.sessions.set(session, tasks);
+      else if (queue.sessions.size === 0) queue.queuedCost = 0; // no float drift left behind
       clearTimeout(task.timer);
       if (Date.now() >= task.deadline) task.expire();
       else task.start();

@@ -45,6 +45,7 @@ export async function openKeySet(config: Config, logger: Logger, makeBackend: Ba
       policy,
       maxInflightPerSession: config.limits.max_inflight_per_session,
       maxInflightTotal: config.limits.max_inflight_total,
+      maxQueuedPerBackend: config.limits.max_queued_per_backend,
     };
   } catch (err) {
     await closeKeySet({ backends });

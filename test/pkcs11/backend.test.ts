@@ -72,7 +72,9 @@ beforeAll(async () => {
   brokenFolder = readdirSync(join(tokenDir, 'tokens')).find((f) => !before.has(f))!;
   // timeout_ms: 4,000 requests queued on 4 sessions finish in about a second on an idle machine
   // and in several under stress; these tests check correctness under concurrency, not latency.
-  server = await startDaemon({ backends: [{ type: 'pkcs11', name: 'hsm', uri: uri(), pool_size: 4, timeout_ms: 60_000 }], keys: { rsa2048: { decrypt: true, decrypt_raw: true }, rsa3072: { decrypt: true, decrypt_raw: true } } });
+  // The concurrency test below puts 4,000 calls on the backend at once: a queue that holds
+  // them all (beyond limits.max_queued_per_backend the excess would be OVERLOADED: test/core/overload.test.ts).
+  server = await startDaemon({ backends: [{ type: 'pkcs11', name: 'hsm', uri: uri(), pool_size: 4, timeout_ms: 60_000 }], limits: { max_queued_per_backend: 4_000 }, keys: { rsa2048: { decrypt: true, decrypt_raw: true }, rsa3072: { decrypt: true, decrypt_raw: true } } });
   session = await server.connect();
 });
 afterAll(async () => {

@@ -6,7 +6,7 @@ import type { Backend, KeyHandle, SkippedKey } from '../../src/core/keys/types';
 import type { Logger } from '../../src/log';
 import { BackendLifecycle, NEVER_DOWN } from '../lifecycle';
 import { FileKey } from './key';
-import { parsePrivateKey } from './parse';
+import { KeyFileError, parsePrivateKey } from './parse';
 import type { FileBackendConfig } from './schema';
 
 interface KeyFile {
@@ -23,7 +23,7 @@ async function readPassphrase(path: string): Promise<string> {
   try {
     return (await readFile(path, 'utf8')).replace(/\r?\n$/, '');
   } catch (err) {
-    throw new Error(`cannot read its passphrase file ${path}: ${errorCode(err)}`);
+    throw new KeyFileError(`cannot read its passphrase file ${path}: ${errorCode(err)}`, { cause: err });
   }
 }
 

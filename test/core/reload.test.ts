@@ -39,7 +39,7 @@ test('a reload under load swaps keys and the server certificate without failing 
   writeFileSync(server.pki.files.serverKey, renewed.keyPem);
   const before = signed;
   expect(await server.reload({ backends: [{ type: 'file', dir }] })).toBe(true);
-  while (signed < before + 200) await new Promise((r) => setImmediate(r));
+  await until(() => signed >= before + 200, 30_000, '200 signatures after the reload');
   stop = true;
   await Promise.all(workers);
 

@@ -106,7 +106,7 @@ export class CngBackend implements Backend {
       this.shim = await this.launch();
       this.life.opened();
     } catch (err) {
-      throw new ConfigError(`backends.${this.name}.shim_path`, `the CNG shim did not start: ${(err as Error).message}`);
+      throw new ConfigError(`backends.${this.name}.shim_path`, `the CNG shim did not start: ${(err as Error).message}`, { cause: err });
     }
   }
 

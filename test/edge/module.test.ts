@@ -279,7 +279,7 @@ test('an agent that answers one request twice: C_Sign returns CKR_DEVICE_ERROR (
   const fakeSocket = join(openDir('keylessd-fake-agent-'), 'fake.sock');
   const fake = spawn(process.execPath, ['-e', DOUBLING_AGENT, fakeSocket, agent.socket], { stdio: 'ignore' });
   try {
-    await waitFor('the stand-in agent to listen', () => existsSync(fakeSocket));
+    await until(() => existsSync(fakeSocket), 15_000, 'the stand-in agent to listen');
     p11.C_Finalize();
     p11.C_Initialize({ libraryParameters: `socket=${fakeSocket} timeout_ms=${TIMEOUT_MS} keys_ttl_ms=100` });
     session = p11.C_OpenSession(p11.C_GetSlotList(true)[0]!, pkcs11js.CKF_SERIAL_SESSION);

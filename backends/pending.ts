@@ -1,3 +1,5 @@
+import { OverloadedError } from '../src/errors';
+
 /** How an answer that never comes ends: after `ms`, the request rejects with `error()`. */
 export interface Deadline {
   readonly ms: number;
@@ -33,7 +35,7 @@ export class PendingRequests<T> {
    * the answer. A `send` that throws rejects the request with what it threw.
    */
   add(send: (id: number) => void, deadline?: Deadline): Promise<T> {
-    if (this.waiting.size >= this.maxId) return Promise.reject(new Error(`${this.maxId} requests are already waiting`));
+    if (this.waiting.size >= this.maxId) return Promise.reject(new OverloadedError(`${this.maxId} requests are already waiting`));
     let id = this.advance();
     while (this.waiting.has(id)) id = this.advance(); // one still waiting after the ids wrapped
     return new Promise<T>((resolve, reject) => {

@@ -107,6 +107,14 @@ export class KeyFormatError extends KeylessdError {
   readonly code = 'KEY_FORMAT';
 }
 
+/**
+ * A part of the keylessd installation is missing or cannot be loaded (the package folder, a
+ * native addon that `npm ci` builds): a deployment problem, not a request's or a config's.
+ */
+export class InstallationError extends KeylessdError {
+  readonly code = 'INSTALLATION';
+}
+
 /** A caller handed an API something it cannot take (a programming error, not a client's request). */
 export class InvalidArgumentError extends KeylessdError {
   readonly code = 'INVALID_ARGUMENT';

@@ -106,7 +106,7 @@ export class CngBackend implements Backend {
       this.shim = await this.launch();
       this.life.opened();
     } catch (err) {
-      throw new ConfigError(`backends.${this.name}.shim_path`, `the CNG shim did not start: ${(err as Error).message}`);
+      throw new ConfigError(`backends.${this.name}.shim_path`, `the CNG shim did not start: ${(err as Error).message}`, { cause: err });
     }
   }
 
@@ -116,7 +116,7 @@ export class CngBackend implements Backend {
     void shim.exited.then((reason) => this.onExit(shim, reason));
     try {
       const pong = await shim.call(PING, START_TIMEOUT_MS, 'starting the CNG shim');
-      if (pong.status !== CngStatus.ok) throw new Error(`the shim answered its first ping with status ${pong.status}`);
+      if (pong.status !== CngStatus.ok) throw new BackendUnavailableError(`the shim answered its first ping with status ${pong.status}`);
       await this.hooks.prepare?.((request) => shim.call(request, START_TIMEOUT_MS, 'preparing the CNG shim'));
     } catch (err) {
       shim.kill('failed to start');

@@ -52,9 +52,9 @@ export class FrameError extends KeylessdError {
 
 export function encodeRequest(request: CngRequest): Buffer {
   const name = Buffer.from(request.keyName, 'utf8');
-  if (name.length > 0xffff) throw new RangeError(`CNG key name is ${name.length} bytes; at most 65535 fit a frame`);
+  if (name.length > 0xffff) throw new FrameError(`CNG key name is ${name.length} bytes; at most 65535 fit a frame`);
   const length = MIN_REQUEST_BODY + name.length + request.payload.length;
-  if (length > MAX_FRAME_BODY) throw new RangeError(`CNG request of ${length} bytes exceeds the ${MAX_FRAME_BODY}-byte frame limit`);
+  if (length > MAX_FRAME_BODY) throw new FrameError(`CNG request of ${length} bytes exceeds the ${MAX_FRAME_BODY}-byte frame limit`);
   const frame = Buffer.alloc(4 + length);
   frame.writeUInt32LE(length, 0);
   frame.writeUInt32LE(request.id, 4);

@@ -1,4 +1,5 @@
 import { createPublicKey } from 'node:crypto';
+import { KeyFormatError } from '../../src/errors';
 
 /** BCRYPT_RSAPUBLIC_BLOB: header magic RSA1. */
 const RSA_PUBLIC_MAGIC = 0x31415352;
@@ -10,7 +11,7 @@ const ECDSA_CURVES: ReadonlyMap<number, string> = new Map([
 ]);
 
 function slice(blob: Buffer, start: number, length: number): Buffer {
-  if (start + length > blob.length) throw new Error(`CNG public key blob is truncated (${blob.length} bytes)`);
+  if (start + length > blob.length) throw new KeyFormatError(`CNG public key blob is truncated (${blob.length} bytes)`);
   return blob.subarray(start, start + length);
 }
 
@@ -20,10 +21,10 @@ function slice(blob: Buffer, start: number, length: number): Buffer {
  * the same SKI as in every other backend.
  */
 export function spkiFromPublicBlob(blob: Buffer): Buffer {
-  if (blob.length < 8) throw new Error(`CNG public key blob is truncated (${blob.length} bytes)`);
+  if (blob.length < 8) throw new KeyFormatError(`CNG public key blob is truncated (${blob.length} bytes)`);
   const magic = blob.readUInt32LE(0);
   if (magic === RSA_PUBLIC_MAGIC) {
-    if (blob.length < 24) throw new Error(`CNG public key blob is truncated (${blob.length} bytes)`);
+    if (blob.length < 24) throw new KeyFormatError(`CNG public key blob is truncated (${blob.length} bytes)`);
     const exponentLength = blob.readUInt32LE(8);
     const modulusLength = blob.readUInt32LE(12);
     const e = slice(blob, 24, exponentLength);
@@ -31,7 +32,7 @@ export function spkiFromPublicBlob(blob: Buffer): Buffer {
     return createPublicKey({ key: { kty: 'RSA', n: n.toString('base64url'), e: e.toString('base64url') }, format: 'jwk' }).export({ format: 'der', type: 'spki' });
   }
   const curve = ECDSA_CURVES.get(magic);
-  if (!curve) throw new Error(`CNG public key blob has magic 0x${magic.toString(16)}: keylessd serves RSA and ECDSA P-256/P-384/P-521 keys`);
+  if (!curve) throw new KeyFormatError(`CNG public key blob has magic 0x${magic.toString(16)}: keylessd serves RSA and ECDSA P-256/P-384/P-521 keys`);
   const size = blob.readUInt32LE(4);
   const x = slice(blob, 8, size);
   const y = slice(blob, 8 + size, size);

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { backendFields, timeoutField } from '../schema';
 
 export const cngKeySchema = z
   .object({
@@ -10,8 +11,7 @@ export const cngKeySchema = z
 
 export const cngBackendSchema = z
   .object({
-    type: z.literal('cng'),
-    name: z.string().min(1).default('cng').describe('Name of this backend instance, shown in KeyInfo.backend and metrics.'),
+    ...backendFields('cng', 'cng'),
     provider: z
       .string()
       .min(1)
@@ -24,7 +24,7 @@ export const cngBackendSchema = z
       .optional()
       .describe('Path of keyless-cng-shim.exe. Defaults to backends/cng/shim/keyless-cng-shim.exe in the keylessd package (built by scripts/build-cng-shim.sh).'),
     wine: z.boolean().default(false).describe('Run the shim through `wine` (non-Windows hosts: development and tests only; Wine cannot open persisted keys).'),
-    timeout_ms: z.number().int().min(1).max(600_000).default(5000).describe('Deadline for one operation; past it the request answers TIMEOUT (the shim\'s late answer is dropped).'),
+    timeout_ms: timeoutField('Deadline for one operation; past it the request answers TIMEOUT (the shim\'s late answer is dropped).'),
     workers: z.number().int().min(1).max(64).default(4).describe('Worker threads in the shim, i.e. CNG operations run at once. A TPM serialises anyway; a software or network HSM KSP gains from more.'),
   })
   .strict();

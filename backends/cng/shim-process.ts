@@ -65,7 +65,7 @@ export class ShimProcess {
       try {
         frame = encodeRequest({ ...request, id });
       } catch (err) {
-        throw new BadRequestError(`${what}: ${(err as Error).message}`);
+        throw new BadRequestError(`${what}: ${(err as Error).message}`, { cause: err });
       }
       this.child.stdin.write(frame);
     };

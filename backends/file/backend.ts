@@ -6,7 +6,7 @@ import type { Backend, KeyHandle, SkippedKey } from '../../src/core/keys/types';
 import type { Logger } from '../../src/log';
 import { BackendLifecycle, NEVER_DOWN } from '../lifecycle';
 import { FileKey } from './key';
-import { parsePrivateKey } from './parse';
+import { KeyFileError, parsePrivateKey } from './parse';
 import type { FileBackendConfig } from './schema';
 
 interface KeyFile {
@@ -23,7 +23,7 @@ async function readPassphrase(path: string): Promise<string> {
   try {
     return (await readFile(path, 'utf8')).replace(/\r?\n$/, '');
   } catch (err) {
-    throw new Error(`cannot read its passphrase file ${path}: ${errorCode(err)}`);
+    throw new KeyFileError(`cannot read its passphrase file ${path}: ${errorCode(err)}`, { cause: err });
   }
 }
 
@@ -66,7 +66,7 @@ export class FileBackend implements Backend {
         bytes = await readFile(file.path);
       } catch (err) {
         // A file the operator listed by name must be there; one found by the scan is skipped.
-        if (file.field) throw new ConfigError(file.field, `cannot read the key file ${file.path}: ${errorCode(err)}`);
+        if (file.field) throw new ConfigError(file.field, `cannot read the key file ${file.path}: ${errorCode(err)}`, { cause: err });
         skip(file.path, `it cannot be read: ${errorCode(err)}`);
         continue;
       }
@@ -106,7 +106,7 @@ export class FileBackend implements Backend {
     try {
       entries = (await readdir(dir)).sort();
     } catch (err) {
-      throw new ConfigError(`backends.${this.name}.dir`, `cannot read directory ${dir}: ${errorCode(err)}`);
+      throw new ConfigError(`backends.${this.name}.dir`, `cannot read directory ${dir}: ${errorCode(err)}`, { cause: err });
     }
     const scanned: KeyFile[] = [];
     const unusable: Array<{ path: string; reason: string }> = [];

@@ -1,4 +1,5 @@
 import { join } from 'node:path';
+import { InstallationError } from '../../src/errors';
 import { packageRoot } from '../../src/util/package-root';
 
 /** Operation and hash numbers shared with openssl_keys.c. */
@@ -21,7 +22,7 @@ export function nativeAddon(): NativeAddon {
     try {
       addon = require(path) as NativeAddon;
     } catch (err) {
-      throw new Error(`cannot load the native signer ${path} (run \`npm ci\` or \`npm run build:native\`): ${(err as Error).message}`);
+      throw new InstallationError(`cannot load the native signer ${path} (run \`npm ci\` or \`npm run build:native\`): ${(err as Error).message}`, { cause: err });
     }
   }
   return addon;

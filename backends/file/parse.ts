@@ -1,8 +1,18 @@
 import { createPrivateKey, type KeyObject } from 'node:crypto';
+import { KeylessdError } from '../../src/errors';
+
+/**
+ * A key file (or its passphrase file) cannot be used. The message is a clause about the file
+ * ("is encrypted and no passphrase_file is configured for it"): the backend writes
+ * `skipping key file PATH: it MESSAGE`. It never includes key bytes or the passphrase.
+ */
+export class KeyFileError extends KeylessdError {
+  readonly code = 'KEY_FILE';
+}
 
 /**
  * Turns the bytes of a key file into a private KeyObject, whatever its container:
- * PEM or DER; PKCS#8 (plain or encrypted), PKCS#1 (RSA) or SEC1 (EC). Throws an Error
+ * PEM or DER; PKCS#8 (plain or encrypted), PKCS#1 (RSA) or SEC1 (EC). Throws a KeyFileError
  * whose message says why the file cannot be used; it never includes key bytes or the passphrase.
  */
 export function parsePrivateKey(bytes: Buffer, passphrase: string | undefined): KeyObject {
@@ -10,13 +20,13 @@ export function parsePrivateKey(bytes: Buffer, passphrase: string | undefined): 
   if (text.includes('-----BEGIN')) {
     if (!/-----BEGIN (ENCRYPTED |RSA |EC )?PRIVATE KEY-----/.test(text)) {
       const kind = /-----BEGIN ([A-Z0-9 ]+)-----/.exec(text)?.[1] ?? 'unknown';
-      throw new Error(`holds a ${kind.toLowerCase()}, not a private key`);
+      throw new KeyFileError(`holds a ${kind.toLowerCase()}, not a private key`);
     }
     if (text.includes('-----BEGIN ENCRYPTED PRIVATE KEY-----') && passphrase === undefined) {
-      throw new Error('is encrypted and no passphrase_file is configured for it');
+      throw new KeyFileError('is encrypted and no passphrase_file is configured for it');
     }
     if (/Proc-Type:\s*4,\s*ENCRYPTED/.test(text) && passphrase === undefined) {
-      throw new Error('is encrypted with legacy PEM encryption (Proc-Type: 4,ENCRYPTED) and no passphrase_file is configured for it');
+      throw new KeyFileError('is encrypted with legacy PEM encryption (Proc-Type: 4,ENCRYPTED) and no passphrase_file is configured for it');
     }
     return withReadableError(() => createPrivateKey({ key: bytes, format: 'pem', passphrase }));
   }
@@ -25,13 +35,13 @@ export function parsePrivateKey(bytes: Buffer, passphrase: string | undefined): 
     try {
       return createPrivateKey({ key: bytes, format: 'der', type, passphrase });
     } catch (err) {
-      if (isWrongPassphrase(err)) throw new Error('cannot be decrypted: wrong passphrase');
+      if (isWrongPassphrase(err)) throw new KeyFileError('cannot be decrypted: wrong passphrase', { cause: err });
       if ((err as { code?: string }).code === 'ERR_MISSING_PASSPHRASE') {
-        throw new Error('is encrypted and no passphrase_file is configured for it');
+        throw new KeyFileError('is encrypted and no passphrase_file is configured for it');
       }
     }
   }
-  throw new Error('is not a PEM or DER private key (PKCS#8, PKCS#1 or SEC1)');
+  throw new KeyFileError('is not a PEM or DER private key (PKCS#8, PKCS#1 or SEC1)');
 }
 
 function isWrongPassphrase(err: unknown): boolean {
@@ -43,7 +53,7 @@ function withReadableError(parse: () => KeyObject): KeyObject {
   try {
     return parse();
   } catch (err) {
-    if (isWrongPassphrase(err)) throw new Error('cannot be decrypted: wrong passphrase');
-    throw new Error(`cannot be parsed: ${(err as Error).message}`);
+    if (isWrongPassphrase(err)) throw new KeyFileError('cannot be decrypted: wrong passphrase', { cause: err });
+    throw new KeyFileError(`cannot be parsed: ${(err as Error).message}`, { cause: err });
   }
 }

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { backendFields, timeoutField } from '../schema';
 
 export const fileKeySchema = z
   .object({
@@ -10,12 +11,11 @@ export const fileKeySchema = z
 
 export const fileBackendSchema = z
   .object({
-    type: z.literal('file'),
-    name: z.string().min(1).default('files').describe('Name of this backend instance, shown in KeyInfo.backend and metrics.'),
+    ...backendFields('file', 'files'),
     dir: z.string().min(1).optional().describe('Directory scanned for key files (not recursive). Files that hold no usable private key are skipped with a log line.'),
     passphrase_file: z.string().min(1).optional().describe('Passphrase file used for encrypted keys found by the directory scan.'),
     files: z.array(fileKeySchema).default([]).describe('Key files listed one by one.'),
-    timeout_ms: z.number().int().min(1).max(600_000).default(5000).describe('Deadline for one signature or decryption; past it the request answers TIMEOUT.'),
+    timeout_ms: timeoutField('Deadline for one signature or decryption; past it the request answers TIMEOUT.'),
   })
   .strict()
   .refine((c) => c.dir !== undefined || c.files.length > 0, { message: 'needs `dir` or at least one entry in `files`' });

@@ -237,7 +237,7 @@ export class Pkcs11Backend implements Backend, ModuleUser {
     try {
       shared = sharedModule(path);
     } catch (err) {
-      throw new ConfigError(this.field, `cannot load the PKCS#11 module ${path}: ${ckrName(err)}`);
+      throw new ConfigError(this.field, `cannot load the PKCS#11 module ${path}: ${ckrName(err)}`, { cause: err });
     }
     this.checkLibrary(shared.module, path);
     return shared;
@@ -369,7 +369,7 @@ export class Pkcs11Backend implements Backend, ModuleUser {
     } catch (err) {
       const code = ckrCode(err);
       if (code === pkcs11js.CKR_USER_ALREADY_LOGGED_IN) return;
-      if (code === pkcs11js.CKR_PIN_INCORRECT || code === pkcs11js.CKR_PIN_LEN_RANGE) throw new ConfigError(this.field, `wrong PIN for token ${this.describeToken()}`);
+      if (code === pkcs11js.CKR_PIN_INCORRECT || code === pkcs11js.CKR_PIN_LEN_RANGE) throw new ConfigError(this.field, `wrong PIN for token ${this.describeToken()}`, { cause: err });
       if (code === pkcs11js.CKR_PIN_LOCKED) throw new ConfigError(this.field, `the PIN of token ${this.describeToken()} is locked`);
       throw new ConfigError(this.field, `cannot log in to token ${this.describeToken()}: ${ckrName(err)}`);
     }

@@ -1,5 +1,6 @@
 import { Worker } from 'node:worker_threads';
 import * as pkcs11js from 'pkcs11js';
+import { BackendUnavailableError, KeylessdError, TimeoutError } from '../../src/errors';
 import { withDeadline } from '../lifecycle';
 import { PendingRequests } from '../pending';
 
@@ -170,6 +171,21 @@ export interface SlotEntry {
   readonly error?: Error & { code?: number };
 }
 
+/**
+ * A call on the worker thread failed; `rv` is the module's CKR_ value when it returned one
+ * (as pkcs11js's own errors carry it in `code`; read either with ckrCode).
+ */
+export class Pkcs11CallError extends KeylessdError {
+  readonly code = 'PKCS11_CALL';
+
+  constructor(
+    message: string,
+    readonly rv?: number,
+  ) {
+    super(message);
+  }
+}
+
 /** How many handles one C_FindObjects call asks for. */
 export const FIND_BATCH = 1000;
 
@@ -219,7 +235,7 @@ export class SharedModule {
     const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { path: this.path, pkcs11js: require.resolve('pkcs11js') } });
     worker.unref();
     worker.on('message', ({ id, result, error }: { id: number; result?: unknown; error?: { message: string; code?: number } }) => {
-      if (error) this.pending.reject(id, Object.assign(new Error(error.message), { code: error.code }));
+      if (error) this.pending.reject(id, new Pkcs11CallError(error.message, error.code));
       else this.pending.resolve(id, (result as { packed?: boolean } | undefined)?.packed ? result : toBuffers(result));
       if (this.pending.size === 0) worker.unref();
     });
@@ -228,7 +244,7 @@ export class SharedModule {
       this.pending.rejectAll(err);
     };
     worker.on('error', lost);
-    worker.on('exit', (code) => lost(new Error(`the PKCS#11 worker thread exited (${code})`)));
+    worker.on('exit', (code) => lost(new BackendUnavailableError(`the PKCS#11 worker thread exited (${code})`)));
     this.worker = worker;
     return worker;
   }
@@ -259,7 +275,7 @@ export class SharedModule {
     this.reinitializing ??= (async () => {
       try {
         for (const user of this.users) user.suspend(reason);
-        await withDeadline(Promise.all([...this.users].map((u) => u.idle())), maxWaitMs, () => new Error(`calls still running in the module after ${maxWaitMs} ms; not finalizing under them`));
+        await withDeadline(Promise.all([...this.users].map((u) => u.idle())), maxWaitMs, () => new TimeoutError(`calls still running in the module after ${maxWaitMs} ms; not finalizing under them`));
         await this.call('finalize');
         this.generation++;
         await this.call('initialize');
@@ -285,6 +301,7 @@ export function ckrName(err: unknown): string {
 }
 
 export function ckrCode(err: unknown): number | undefined {
+  if (err instanceof Pkcs11CallError) return err.rv;
   const code = (err as { code?: unknown } | undefined)?.code;
   return typeof code === 'number' ? code : undefined;
 }

@@ -1,4 +1,5 @@
 import { createPublicKey } from 'node:crypto';
+import { KeyFormatError } from '../../src/errors';
 
 /** Curve OIDs (DER, as CKA_EC_PARAMS holds them) to JWK curve names. */
 const CURVES: ReadonlyArray<[string, string]> = [
@@ -31,9 +32,9 @@ export function ecSpki(params: Buffer, point: Buffer): Buffer {
     return createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: raw.toString('base64url') }, format: 'jwk' }).export({ format: 'der', type: 'spki' });
   }
   const curve = CURVES.find(([oid]) => oid === hex)?.[1];
-  if (!curve) throw new Error(`unsupported curve (EC params ${hex}): keylessd serves P-256, P-384, P-521 and Ed25519`);
+  if (!curve) throw new KeyFormatError(`unsupported curve (EC params ${hex}): keylessd serves P-256, P-384, P-521 and Ed25519`);
   const raw = unwrapPoint(point);
-  if (raw[0] !== 0x04 || raw.length % 2 !== 1) throw new Error('only uncompressed EC points are supported');
+  if (raw[0] !== 0x04 || raw.length % 2 !== 1) throw new KeyFormatError('only uncompressed EC points are supported');
   // Assembled as DER rather than through a KeyObject: a token of thousands of keys builds
   // thousands of these on the event loop. Whoever uses it parses it (and so checks the point).
   return der(0x30, Buffer.concat([der(0x30, Buffer.concat([EC_PUBLIC_KEY_OID, params])), der(0x03, Buffer.concat([Buffer.from([0]), raw]))]));

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { backendFields, timeoutField } from '../schema';
 import { ConfigError } from '../../src/errors';
 import { parsePkcs11Uri } from './uri';
 
@@ -15,8 +16,7 @@ function checkUri(uri: string, ctx: z.RefinementCtx): void {
 
 export const pkcs11BackendSchema = z
   .object({
-    type: z.literal('pkcs11'),
-    name: z.string().min(1).default('hsm').describe('Name of this backend instance, shown in KeyInfo.backend and metrics.'),
+    ...backendFields('pkcs11', 'hsm'),
     uri: z
       .string()
       .regex(/^pkcs11:/i, { error: 'expected an RFC 7512 URI starting with "pkcs11:"' })
@@ -38,7 +38,7 @@ export const pkcs11BackendSchema = z
       .describe(
         'Names to serve keys under instead of their labels: `LABEL: name`, or `"id:HEX": name` for the object with that CKA_ID (hex). Use it when two tokens (or two objects on one token) carry the same label.',
       ),
-    timeout_ms: z.number().int().min(1).max(600_000).default(5000).describe('Deadline for one operation; past it the request answers TIMEOUT and the session is reused only once the token returns.'),
+    timeout_ms: timeoutField('Deadline for one operation; past it the request answers TIMEOUT and the session is reused only once the token returns.'),
   })
   .strict();
 

@@ -2,6 +2,7 @@ import { X509Certificate } from 'node:crypto';
 import * as pkcs11js from 'pkcs11js';
 import { describePublicKey, type PublicKeyInfo } from '../../src/core/crypto/keyid';
 import type { SkippedKey } from '../../src/core/keys/types';
+import { KeyFormatError } from '../../src/errors';
 import { FIND_BATCH, type SharedModule } from './module';
 import { ecSpki, rsaSpki } from './public-key';
 import type { Pkcs11Uri } from './uri';
@@ -152,5 +153,5 @@ function spkiOf(c: Candidate): Buffer {
   if (c.ec) return ecSpki(c.ec.params, c.ec.point);
   if (c.rsa) return rsaSpki(c.rsa.modulus, c.rsa.exponent);
   if (c.certificate) return new X509Certificate(c.certificate).publicKey.export({ format: 'der', type: 'spki' });
-  throw new Error('its public half is not on the token (no public key or certificate object with the same CKA_ID)');
+  throw new KeyFormatError('its public half is not on the token (no public key or certificate object with the same CKA_ID)');
 }

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { closeSync, existsSync, fstatSync, fsyncSync, ftruncateSync, linkSync, openSync, readSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { basename, dirname } from 'node:path';
+import { KeylessdError } from '../errors';
 import { GENESIS, lineHash } from './chain';
 import { nextFileName, parseRecord, rotatedFiles } from './files';
 
@@ -122,6 +123,11 @@ function setAsideTail(path: string, from: number, size: number, reason: string):
   return { type: 'set_aside', file: basename(aside), bytes: bytes.length, sha256, reason };
 }
 
+/** The audit log's path names something recovery must not touch (not a regular file). */
+export class AuditFileError extends KeylessdError {
+  readonly code = 'AUDIT_FILE';
+}
+
 /**
  * Brings the log at `path` to a state the writer can continue: removes what an interrupted
  * rotation left behind, sets aside a damaged or foreign tail (keeping its bytes in a side
@@ -132,7 +138,7 @@ export function recoverLog(path: string): Recovered {
   const events: RecoveryEvent[] = [];
   const existing = statSync(path, { throwIfNoEntry: false });
   // Recovery renames, truncates and unlinks: never anything but a regular file (think /dev/full).
-  if (existing && !existing.isFile()) throw new Error(`${path} is not a regular file`);
+  if (existing && !existing.isFile()) throw new AuditFileError(`${path} is not a regular file`);
   // A new file written for a rotation but never renamed into place: it holds only the link
   // record, which the writer writes again.
   if (existsSync(nextFileName(path))) unlinkSync(nextFileName(path));

@@ -1,4 +1,5 @@
 import { createHash, createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 'node:crypto';
+import { KeyFormatError } from '../errors';
 
 /**
  * Signed audit records (checkpoints and retention records). The signature is the last
@@ -25,7 +26,7 @@ export function auditKeyId(publicKey: KeyObject): string {
 
 export function loadAuditSigner(pem: string | Buffer): AuditSigner {
   const privateKey = createPrivateKey(pem);
-  if (privateKey.asymmetricKeyType !== 'ed25519') throw new Error(`the audit signing key must be Ed25519, not ${privateKey.asymmetricKeyType}`);
+  if (privateKey.asymmetricKeyType !== 'ed25519') throw new KeyFormatError(`the audit signing key must be Ed25519, not ${privateKey.asymmetricKeyType}`);
   const keyId = auditKeyId(createPublicKey(privateKey));
   return {
     keyId,
@@ -38,7 +39,7 @@ export function loadAuditSigner(pem: string | Buffer): AuditSigner {
 
 export function loadAuditPublicKey(pem: string | Buffer): KeyObject {
   const key = createPublicKey(pem);
-  if (key.asymmetricKeyType !== 'ed25519') throw new Error(`the audit public key must be Ed25519, not ${key.asymmetricKeyType}`);
+  if (key.asymmetricKeyType !== 'ed25519') throw new KeyFormatError(`the audit public key must be Ed25519, not ${key.asymmetricKeyType}`);
   return key;
 }
 

@@ -69,9 +69,15 @@ export class KeylessPool {
     }
   }
 
-  /** For operators and tests: per server, open sessions and whether it is set aside. */
-  status(): Array<{ url: string; open: number; setAside: boolean }> {
-    return this.servers.map((s) => ({ url: s.url, open: s.slots.filter((x) => x?.isOpen).length, setAside: s.setAsideUntil > Date.now() }));
+  /**
+   * For operators and tests: per server, open sessions, how many of them resumed an earlier
+   * TLS session (a reconnect that reused the server's ticket), and whether it is set aside.
+   */
+  status(): Array<{ url: string; open: number; resumed: number; setAside: boolean }> {
+    return this.servers.map((s) => {
+      const open = s.slots.filter((x): x is KeylessSession => !!x?.isOpen);
+      return { url: s.url, open: open.length, resumed: open.filter((x) => x.resumed).length, setAside: s.setAsideUntil > Date.now() };
+    });
   }
 
   sign(key: KeyRef, algorithm: SignatureAlgorithm, input: { digest: Buffer } | { message: Buffer }): Promise<Buffer> {

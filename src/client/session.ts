@@ -96,7 +96,7 @@ export class KeylessSession extends EventEmitter {
       };
       ws.once('error', fail);
       // A server that rejects our certificate in TLS 1.3 does so after the handshake: it shows up as a close.
-      ws.once('close', (code, reason) => fail(Object.assign(new Error(`connection closed before the session opened (${code} ${reason.toString()})`), { code: 'ECONNRESET' })));
+      ws.once('close', (code, reason) => fail({ name: 'Error', code: 'ECONNRESET', message: `connection closed before the session opened (${code} ${reason.toString()})` }));
       ws.once('open', () => {
         ws.removeAllListeners();
         resolve(new KeylessSession(ws, socket!, options.requestTimeoutMs ?? 30_000));

@@ -80,7 +80,7 @@ export function parseYaml(text: string, file: string): Record<string, unknown> {
     value = doc.toJS();
   } catch (err) {
     // e.g. an alias to an anchor that does not exist
-    throw new ConfigError(file, `not valid YAML: ${(err as Error).message}`);
+    throw new ConfigError(file, `not valid YAML: ${(err as Error).message}`, { cause: err });
   }
   if (value === null || value === undefined) return {};
   if (typeof value !== 'object' || Array.isArray(value)) throw new ConfigError(file, 'expected a mapping of settings at the top level');
@@ -115,7 +115,7 @@ export function loadConfigFile(file: string, overrides: readonly Override[] = []
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
-    throw new ConfigError(file, `cannot read the config file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw new ConfigError(file, `cannot read the config file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
   }
   let raw = parseYaml(text, file);
   if (looksLikeGokeylessConfig(raw)) {

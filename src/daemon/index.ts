@@ -29,7 +29,7 @@ async function openAudit(config: Config, logger: Logger, metrics: Metrics): Prom
     try {
       signer = loadAuditSigner(readFileSync(signingKey));
     } catch (err) {
-      throw new ConfigError('audit.signing_key', `cannot use ${signingKey}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      throw new ConfigError('audit.signing_key', `cannot use ${signingKey}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
     }
   } else {
     logger.warn('audit.signing_key is not set: the audit log has no signed checkpoints, so cutting records off its end cannot be proven');
@@ -55,7 +55,7 @@ async function openAudit(config: Config, logger: Logger, metrics: Metrics): Prom
       onEvent: (event) => reportAuditEvent(event, path, logger, metrics),
     });
   } catch (err) {
-    throw new ConfigError('audit.path', `cannot open the audit log ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw new ConfigError('audit.path', `cannot open the audit log ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
   }
 }
 
@@ -91,7 +91,7 @@ function checkSecureContext(field: string, options: TlsOptions): void {
   try {
     createSecureContext(options);
   } catch (err) {
-    throw new ConfigError(field, `the TLS settings cannot be used: ${(err as Error).message}`);
+    throw new ConfigError(field, `the TLS settings cannot be used: ${(err as Error).message}`, { cause: err });
   }
 }
 

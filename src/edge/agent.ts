@@ -14,7 +14,7 @@ import { Reader } from 'protobufjs/minimal';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { ConnectionError, PoolBusyError } from '../client/errors';
 import type { KeylessPool } from '../client/pool';
-import { KeylessError, type ErrorCode } from '../errors';
+import { InvalidArgumentError, KeylessError, type ErrorCode } from '../errors';
 import { describeKeyRef, type KeyRef } from '../core/keys/registry';
 import type { Logger } from '../log';
 import { interpretRequest, type V1Operation } from '../protocols/v1/operation';
@@ -132,7 +132,7 @@ function groupId(group: string | number): number {
   const line = readFileSync('/etc/group', 'utf8')
     .split('\n')
     .find((l) => l.split(':')[0] === group);
-  if (!line) throw new Error(`socket group ${group} does not exist`);
+  if (!line) throw new InvalidArgumentError(`socket group ${group} does not exist`);
   return Number(line.split(':')[2]);
 }
 

@@ -74,6 +74,26 @@ export class Metrics {
     labelNames: ['listener', 'reason'] as const,
     registers: [this.registry],
   });
+  readonly sessionsPaused = new Gauge({
+    name: 'keyless_sessions_paused',
+    help: 'Sessions whose requests are not being read because their client does not read the answers (more than limits.max_send_buffer_bytes queued), by listener.',
+    labelNames: ['listener'] as const,
+    registers: [this.registry],
+  });
+  private readonly sendQueues = new Map<() => number, string>();
+  readonly sendBuffered = new Gauge({
+    name: 'keyless_send_buffer_bytes',
+    help: 'Bytes of answers queued for clients and not yet sent, by listener.',
+    labelNames: ['listener'] as const,
+    registers: [this.registry],
+    // Read at scrape time from each open session.
+    collect: () => {
+      const totals = new Map<string, number>();
+      for (const [bytes, listener] of this.sendQueues) totals.set(listener, (totals.get(listener) ?? 0) + bytes());
+      this.sendBuffered.reset();
+      for (const [listener, total] of totals) this.sendBuffered.set({ listener }, total);
+    },
+  });
   readonly handshakesPending = new Gauge({
     name: 'keyless_tls_handshakes_pending',
     help: 'Connections accepted whose TLS handshake has not finished yet, by listener.',
@@ -178,6 +198,12 @@ export class Metrics {
 
   recordBackendCall(backend: string, operation: string, seconds: number): void {
     this.backendDurationChildren.get(`${backend}|${operation}`, { backend, operation }).observe(seconds);
+  }
+
+  /** Counts `bytes()` of one session in keyless_send_buffer_bytes until the returned function is called. */
+  watchSendQueue(listener: string, bytes: () => number): () => void {
+    this.sendQueues.set(bytes, listener);
+    return () => this.sendQueues.delete(bytes);
   }
 
   /** Where keyless_backend_up reads the current backends from (they change on reload). */

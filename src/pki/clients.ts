@@ -26,7 +26,7 @@ function readCa(dir: string): CertificateAndKey {
     try {
       return readFileSync(path, 'utf8');
     } catch (err) {
-      throw new PkiError(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message} (is ${dir} a folder made by keylessctl pki init?)`);
+      throw new PkiError(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message} (is ${dir} a folder made by keylessctl pki init?)`, { cause: err });
     }
   };
   return { certPem: read(PKI_FILES.caCert), keyPem: read(PKI_FILES.caKey) };

@@ -11,3 +11,16 @@ export async function listen(server: Server, port: number, host: string): Promis
   });
   return server.address() as AddressInfo;
 }
+
+/**
+ * Stops `server` accepting connections; resolves once the open ones have ended too (close()
+ * waits for them), then stops the listener's rate-limited log summaries.
+ */
+export function stopListening(server: Server, logs: { stop(): void }): Promise<void> {
+  return new Promise((resolve) =>
+    server.close(() => {
+      logs.stop();
+      resolve();
+    }),
+  );
+}

@@ -45,7 +45,7 @@ function readPem(field: string, path: string): Buffer {
   try {
     return readFileSync(path);
   } catch (err) {
-    throw new ConfigError(field, `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw new ConfigError(field, `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
   }
 }
 

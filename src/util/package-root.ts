@@ -1,12 +1,13 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { InstallationError } from '../errors';
 
 /** The folder holding keylessd's package.json, whether running from src/ (tests) or dist/. */
 export function packageRoot(): string {
   let dir = __dirname;
   while (!existsSync(join(dir, 'package.json')) || !existsSync(join(dir, 'proto'))) {
     const parent = dirname(dir);
-    if (parent === dir) throw new Error(`cannot find the keylessd package folder above ${__dirname}`);
+    if (parent === dir) throw new InstallationError(`cannot find the keylessd package folder above ${__dirname}`);
     dir = parent;
   }
   return dir;

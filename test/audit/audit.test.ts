@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { AuditLog } from '../../src/audit/log';
 import { AuditRecords, type OperationEvent } from '../../src/audit/record';
 import { verifyAuditFiles } from '../../src/audit/verify';
+import { until } from '../helpers/until';
 
 const records = new AuditRecords();
 const session = { id: 's-1', identity: { subject: 'CN=edge', fingerprint: 'ab'.repeat(32) }, peer: '127.0.0.1:5000', listener: 'keyless.v1' };
@@ -145,7 +146,7 @@ async function fillTheDisk(disk: string): Promise<void> {
   expect(refused).toMatchObject({ code: 'BACKEND_UNAVAILABLE' });
   expect(log.writable()).toBe(false);
   rmSync(join(disk, 'filler'));
-  while (!log.writable()) await new Promise((r) => setTimeout(r, 50));
+  await until(() => log.writable(), 30_000, 'the audit log to be writable once the disk has room');
   await log.append(record(appended));
   await log.close();
   expect(states).toEqual([false, true]);

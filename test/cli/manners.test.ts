@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../helpers/ports';
 import { run } from '../helpers/run';
+import { until } from '../helpers/until';
 
 const root = join(__dirname, '..', '..');
 const keylessd = join(root, 'dist', 'src', 'cli', 'keylessd.js');
@@ -13,14 +14,6 @@ const version = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).ver
 
 const ctl = (args: string[]) => run(process.execPath, [keylessctl, ...args]);
 
-async function waitFor(condition: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 /** keylessd serving the embedded default in a fresh state folder, as a process a test may kill. */
 async function startKeylessd(): Promise<{ child: ChildProcess; common: string[]; metricsPort: number; stateDir: string }> {
   const stateDir = mkdtempSync(join(tmpdir(), 'keylessctl-state-'));
@@ -29,7 +22,7 @@ async function startKeylessd(): Promise<{ child: ChildProcess; common: string[];
   let log = '';
   child.stdout!.on('data', (c: Buffer) => (log += c.toString()));
   child.stderr!.on('data', (c: Buffer) => (log += c.toString()));
-  await waitFor(() => log.includes('keylessd serving') || child.exitCode !== null, 60_000, 'keylessd to serve');
+  await until(() => log.includes('keylessd serving') || child.exitCode !== null, 60_000, 'keylessd to serve');
   if (child.exitCode !== null) throw new Error(`keylessd exited: ${log}`);
   return { child, common: ['--state-dir', stateDir, '--server', `127.0.0.1:${port}`], metricsPort, stateDir };
 }
@@ -116,7 +109,7 @@ test('bench reports the lost sessions and exits 3 when the server dies mid-run',
       return Number(/^keyless_sessions_active\{listener="keyless.v1"\} (\d+)/m.exec(text)?.[1] ?? 0);
     };
     const bench = run(process.execPath, [keylessctl, 'bench', '--operation', 'ping', '--sessions', '4', '--inflight', '4', '--duration', '60', '--warmup', '0', ...server.common]);
-    await waitFor(async () => (await sessionsActive()) >= 4, 30_000, 'the bench sessions to open');
+    await until(async () => (await sessionsActive()) >= 4, 30_000, 'the bench sessions to open');
     server.child.kill('SIGKILL');
     const result = await bench;
     expect(result.status).toBe(3);

@@ -14,20 +14,13 @@ import { startDaemon, writeKeyDir } from '../helpers/daemon';
 import { makeTestPki } from '../helpers/pki';
 import { freePort } from '../helpers/ports';
 import { run } from '../helpers/run';
+import { until } from '../helpers/until';
 
 const root = join(__dirname, '..', '..');
 const keylessd = join(root, 'dist', 'src', 'cli', 'keylessd.js');
 const keylessctl = join(root, 'dist', 'src', 'cli', 'keylessctl.js');
 
 const runCli = (cli: string, args: string[], env: NodeJS.ProcessEnv = {}) => run(process.execPath, [cli, ...args], { env });
-
-async function waitFor(condition: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe('configuration errors name the environment variable or flag that set the field', () => {
   const base = { tls: { cert: '/c', key: '/k', client_ca: '/ca' }, backends: [{ type: 'file', dir: '/keys' }] };
@@ -117,12 +110,12 @@ test('npm start stopped with SIGTERM stops the daemon too (no orphan holding the
       socket.once('error', () => resolve(false));
     });
   try {
-    await waitFor(() => out.includes('keylessd serving') || npm.exitCode !== null, 170_000, `npm start to serve:\n${out}`);
+    await until(() => out.includes('keylessd serving') || npm.exitCode !== null, 170_000, `npm start to serve:\n${out}`);
     expect(await listening()).toBe(true);
     const exited = new Promise((resolve) => npm.once('exit', resolve));
     npm.kill('SIGTERM');
     await exited;
-    await waitFor(async () => !(await listening()), 15_000, `the daemon started by npm start to stop after SIGTERM:\n${out}`);
+    await until(async () => !(await listening()), 15_000, `the daemon started by npm start to stop after SIGTERM:\n${out}`);
     expect(out).toContain('keylessd stopped');
   } finally {
     try {

@@ -8,18 +8,11 @@ import { X509Crl } from '@peculiar/x509';
 import { writeKeyDir } from '../helpers/daemon';
 import { freePort } from '../helpers/ports';
 import { KEYLESSD, keylessctl } from '../helpers/run';
+import { until } from '../helpers/until';
 
 const keylessd = KEYLESSD;
 const ctl = (args: string[]) => keylessctl(args);
 
-
-async function waitFor(condition: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 let dir: string;
 let daemon: ChildProcess | undefined;
@@ -59,7 +52,7 @@ test('revoke + SIGHUP: the revoked client is refused, the new one works, with no
   daemon = spawn(process.execPath, [keylessd, '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
   daemon.stdout!.on('data', (c: Buffer) => (log += c.toString()));
   daemon.stderr!.on('data', (c: Buffer) => (log += c.toString()));
-  await waitFor(() => log.includes('keylessd serving') || daemon!.exitCode !== null, 60_000, 'keylessd to serve');
+  await until(() => log.includes('keylessd serving') || daemon!.exitCode !== null, 60_000, 'keylessd to serve');
   expect(daemon.exitCode).toBeNull();
 
   const as = (cert: string, key: string) => ['ping', '--server', `127.0.0.1:${port}`, '--ca', join(dir, 'ca.crt'), '--client-cert', cert, '--client-key', key];
@@ -76,7 +69,7 @@ test('revoke + SIGHUP: the revoked client is refused, the new one works, with no
 
   const reloads = (log.match(/"msg":"reloaded/g) ?? []).length;
   daemon.kill('SIGHUP');
-  await waitFor(() => (log.match(/"msg":"reloaded/g) ?? []).length > reloads, 30_000, `keylessd to reload:\n${log}`);
+  await until(() => (log.match(/"msg":"reloaded/g) ?? []).length > reloads, 30_000, `keylessd to reload:\n${log}`);
   const refused = await ctl(old);
   expect(refused.status).toBe(3);
   expect(refused.stderr).toContain('refused the client certificate');

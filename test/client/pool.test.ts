@@ -1,6 +1,6 @@
 import { createHash, createPublicKey, generateKeyPairSync, verify } from 'node:crypto';
 import { createServer } from 'node:https';
-import type { AddressInfo } from 'node:net';
+import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { WebSocketServer } from 'ws';
 import { PoolBusyError } from '../../src/client/errors';
 import { KeylessPool } from '../../src/client/pool';
@@ -35,8 +35,8 @@ test('with one of two servers down, every request is served by the other and the
   expect(signatures.every(ok)).toBe(true);
   await until(() => client.status()[0]!.setAside, 30_000, 'the failing server to be set aside');
   expect(client.status()).toEqual([
-    { url: down, open: 0, setAside: true },
-    { url: up.url, open: 2, setAside: false },
+    { url: down, open: 0, resumed: 0, setAside: true },
+    { url: up.url, open: 2, resumed: 0, setAside: false },
   ]);
   await client.close();
   await up.stop();
@@ -69,18 +69,40 @@ test('a server restarted under load: requests fail over to the other server, and
   await second.stop();
 });
 
+/** A TCP relay to 127.0.0.1:`port` that a test can cut, as a network fault would: every connection through it drops. */
+async function relay(port: number): Promise<{ port: number; cut(): void; close(): void }> {
+  const sockets = new Set<Socket>();
+  const track = (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  };
+  const server = createNetServer((inbound) => {
+    const outbound = netConnect(port, '127.0.0.1');
+    for (const [from, to] of [[inbound, outbound], [outbound, inbound]] as const) {
+      track(from);
+      from.pipe(to);
+      from.on('error', () => to.destroy());
+      from.on('close', () => to.destroy());
+    }
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const cut = () => sockets.forEach((socket) => socket.destroy());
+  return { port: (server.address() as AddressInfo).port, cut, close: () => (cut(), server.close()) };
+}
+
 test('a reconnect resumes the TLS session instead of a full handshake', async () => {
   const server = await serve();
-  const client = pool([server.url], { sessionsPerServer: 1 });
+  const via = await relay(Number(new URL(server.url).port));
+  const client = pool([`wss://127.0.0.1:${via.port}/v1`], { sessionsPerServer: 1 });
   await client.ready();
-  const slots = (client as unknown as { servers: Array<{ slots: Array<import('../../src/client/session').KeylessSession | undefined> }> }).servers[0]!.slots;
-  const firstSession = slots[0]!;
-  expect(firstSession.resumed).toBe(false);
+  expect(client.status()[0]).toMatchObject({ open: 1, resumed: 0 });
   await client.ping(Buffer.from('x')); // a round trip, so the TLS 1.3 ticket has arrived
-  firstSession.abort();
-  await until(() => slots[0] !== undefined && slots[0] !== firstSession && slots[0].isOpen, 30_000, 'a new session to replace the closed one');
-  expect(slots[0]!.resumed).toBe(true);
+  via.cut(); // the connection is lost underneath the session
+  await until(() => client.status()[0]!.resumed === 1, 30_000, 'a new session that resumed the TLS session to replace the lost one');
+  expect(client.status()[0]).toMatchObject({ open: 1, resumed: 1 });
+  expect(ok(await client.sign({ name: 'k' }, 'ECDSA_SHA256', { message }))).toBe(true);
   await client.close();
+  via.close();
   await server.stop();
 });
 

@@ -15,7 +15,8 @@ import type { KeyHandle } from '../../src/core/keys/types';
 import { createLogger } from '../../src/log';
 import { verifies } from '../helpers/verify';
 import { prepareFakeShim, type FakeKeys } from './fake';
-import { childPids, waitFor } from './processes';
+import { childPids } from './processes';
+import { until } from '../helpers/until';
 
 const FAKE_ENV = ['FAKE_CNG_KEY_DIR', 'FAKE_CNG_HOLD', 'FAKE_CNG_DIE_ONCE', 'FAKE_CNG_EXIT_AT_START', 'FAKE_CNG_LIVES'];
 
@@ -149,7 +150,7 @@ test.each([
   process.env.FAKE_CNG_LIVES = join(dir, `lives-${keyName}`);
   const handles = await openKeys({ keys: [{ key_name: keyName }, { key_name: 'ec' }] });
   await expect(handles.get(keyName)!.sign({ kind: 'ecdsa', hash: 'sha256' }, Buffer.alloc(32))).rejects.toBeInstanceOf(BackendUnavailableError);
-  await waitFor(() => backend!.healthy(), 30_000, 'the new shim');
+  await until(() => backend!.healthy(), 30_000, 'the new shim');
   expect(lives()).toBe(2);
   expect(await signs(handles.get('ec')!, 'ECDSA_SHA256', keys.ec)).toBe(true);
 });
@@ -166,7 +167,7 @@ test('the shim dying under load fails what was in flight, then service resumes w
   expect(backend!.healthy()).toBe(false);
   await expect(ec.sign({ kind: 'ecdsa', hash: 'sha256' }, Buffer.alloc(32))).rejects.toBeInstanceOf(BackendUnavailableError);
 
-  await waitFor(() => backend!.healthy(), 30_000, 'the new shim');
+  await until(() => backend!.healthy(), 30_000, 'the new shim');
   expect(lives()).toBe(2);
   const after = await Promise.all(Array.from({ length: 20 }, (_, i) => signs(ec, 'ECDSA_SHA256', keys.ec, i)));
   expect(after).toEqual(Array(20).fill(true));
@@ -178,12 +179,12 @@ test('a shim that keeps dying is restarted with doubling backoff, and service re
   process.env.FAKE_CNG_EXIT_AT_START = '1';
   for (const pid of childPids('fake-shim')) process.kill(pid, 'SIGKILL');
   const retries = () => logLines.filter((l) => typeof l.retry_ms === 'number').map((l) => l.retry_ms);
-  await waitFor(() => retries().length >= 4, 30_000, 'four restart attempts');
+  await until(() => retries().length >= 4, 30_000, 'four restart attempts');
   expect(retries().slice(0, 4)).toEqual([100, 200, 400, 800]);
   expect(backend!.healthy()).toBe(false);
 
   delete process.env.FAKE_CNG_EXIT_AT_START;
-  await waitFor(() => backend!.healthy(), 30_000, 'the shim to stay up');
+  await until(() => backend!.healthy(), 30_000, 'the shim to stay up');
   expect(await signs(ec, 'ECDSA_SHA256', keys.ec)).toBe(true);
 });
 

@@ -106,8 +106,8 @@ test('response bodies without their mandatory fields are frame errors', () => {
 
 test('requests that cannot fit a frame are refused at encoding', () => {
   const base = { id: 1, operation: 2, machine: false, padding: 0, hash: 0 };
-  expect(() => encodeRequest({ ...base, keyName: 'x'.repeat(70_000), payload: Buffer.alloc(0) })).toThrow(RangeError);
-  expect(() => encodeRequest({ ...base, keyName: 'k', payload: Buffer.alloc(MAX_FRAME_BODY) })).toThrow(RangeError);
+  expect(() => encodeRequest({ ...base, keyName: 'x'.repeat(70_000), payload: Buffer.alloc(0) })).toThrow(FrameError);
+  expect(() => encodeRequest({ ...base, keyName: 'k', payload: Buffer.alloc(MAX_FRAME_BODY) })).toThrow(FrameError);
 });
 
 describe('public key blobs', () => {

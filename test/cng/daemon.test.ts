@@ -23,8 +23,8 @@ import { describePublicKey } from '../../src/core/crypto/keyid';
 import { makeTestPki, type TestPki } from '../helpers/pki';
 import { freePort } from '../helpers/ports';
 import { verifies } from '../helpers/verify';
-import { waitFor } from './processes';
 import { prepareImportingShim, startWine, wineMissing, winePids } from './wine';
+import { until } from '../helpers/until';
 
 const missing = wineMissing();
 if (missing) console.warn(`test/cng/daemon.test.ts SKIPPED: ${missing}. keylessd with a cng backend was not tested.`);
@@ -83,7 +83,7 @@ describeWine('keylessd with a cng backend, the shim under Wine', () => {
     daemon = spawn(process.execPath, [cli('keylessd.js'), '--config', configFile], { env: process.env, stdio: ['ignore', 'pipe', 'pipe'] });
     daemon.stdout!.on('data', (chunk: Buffer) => (log += chunk.toString()));
     daemon.stderr!.on('data', (chunk: Buffer) => (log += chunk.toString()));
-    await waitFor(() => log.includes('keylessd serving') || daemon.exitCode !== null, 120_000, 'keylessd to serve');
+    await until(() => log.includes('keylessd serving') || daemon.exitCode !== null, 120_000, 'keylessd to serve');
     if (daemon.exitCode !== null) throw new Error(`keylessd exited with ${daemon.exitCode}:\n${log}`);
     session = await KeylessSession.connect({ url: `wss://127.0.0.1:${ports.listen}/v1`, ca: Buffer.from(pki.ca.certPem), cert: Buffer.from(pki.client.certPem), key: Buffer.from(pki.client.keyPem) });
   }, 300_000);
@@ -144,7 +144,7 @@ describeWine('keylessd with a cng backend, the shim under Wine', () => {
   });
 
   test('the audit log names the CNG keys used and the metrics show the backend up', async () => {
-    await waitFor(() => readFileSync(join(work, 'audit.log'), 'utf8').includes('"web-rsa-pss"'), 5_000, 'the audit records');
+    await until(() => readFileSync(join(work, 'audit.log'), 'utf8').includes('"web-rsa-pss"'), 5_000, 'the audit records');
     const records = readFileSync(join(work, 'audit.log'), 'utf8').trim().split('\n').map((line) => JSON.parse(line));
     const signed = new Set(records.filter((r) => r.operation === 'sign' && r.result === 'ok').map((r) => r.key.name));
     expect([...signed].sort()).toEqual(Object.keys(SERVED).sort());
@@ -159,8 +159,8 @@ describeWine('keylessd with a cng backend, the shim under Wine', () => {
     const { 'web-rsa-pss': _removed, ...rest } = SERVED;
     writeConfig(rest);
     daemon.kill('SIGHUP');
-    await waitFor(() => log.includes('reloaded: serving 2 keys'), 60_000, 'the reload');
-    await waitFor(() => winePids('keyless-cng-shim').every((pid) => !before.includes(pid)), 10_000, 'the old shim to exit');
+    await until(() => log.includes('reloaded: serving 2 keys'), 60_000, 'the reload');
+    await until(() => winePids('keyless-cng-shim').every((pid) => !before.includes(pid)), 10_000, 'the old shim to exit');
     expect((await session.listKeys()).map((k) => k.name).sort()).toEqual(['web-ec', 'web-rsa']);
     const message = Buffer.from('after the reload');
     expect(verifies('RSA_PKCS1_SHA256', rsa, message, await session.sign({ name: 'web-rsa' }, 'RSA_PKCS1_SHA256', { message }))).toBe(true);
@@ -172,6 +172,6 @@ describeWine('keylessd with a cng backend, the shim under Wine', () => {
     const exited = new Promise<number | null>((resolve) => daemon.once('exit', resolve));
     daemon.kill('SIGTERM');
     expect(await exited).toBe(0);
-    await waitFor(() => winePids('keyless-cng-shim').length === 0, 10_000, 'the shim to exit');
+    await until(() => winePids('keyless-cng-shim').length === 0, 10_000, 'the shim to exit');
   });
 });

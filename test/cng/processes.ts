@@ -19,11 +19,3 @@ export function childPids(marker: string): number[] {
   return pids;
 }
 
-/** Resolves once `condition` holds; rejects after `ms` naming what it waited for. */
-export async function waitFor(condition: () => boolean, ms: number, what: string): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`gave up waiting for ${what} after ${ms} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}

@@ -24,8 +24,9 @@ import type { KeyHandle } from '../../src/core/keys/types';
 import { createLogger } from '../../src/log';
 import { verifies } from '../helpers/verify';
 import { privateBlob } from './blobs';
-import { childPids, waitFor } from './processes';
+import { childPids } from './processes';
 import { startWine, wineMissing } from './wine';
+import { until } from '../helpers/until';
 
 const missing = wineMissing();
 if (missing) console.warn(`test/cng/wine.test.ts SKIPPED: ${missing}. The real CNG shim was not tested.`);
@@ -206,7 +207,7 @@ describeWine('keyless-cng-shim.exe under Wine', () => {
       for (const failure of failures) expect(failure.reason).toBeInstanceOf(BackendUnavailableError);
       results.forEach((r, i) => r.status === 'fulfilled' && expect(verifies('RSA_PKCS1_SHA256', rsa, message(i), r.value)).toBe(true));
 
-      await waitFor(() => backend.healthy(), 60_000, 'the restarted shim');
+      await until(() => backend.healthy(), 60_000, 'the restarted shim');
       const after = await Promise.all(Array.from({ length: 20 }, (_, i) => sign(i)));
       after.forEach((signature, i) => expect(verifies('RSA_PKCS1_SHA256', rsa, message(i), signature)).toBe(true));
       expect(childPids('keyless-cng-shim')).toHaveLength(1);

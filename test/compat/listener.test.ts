@@ -9,6 +9,7 @@ import { hashMessage } from '../../src/core/crypto/hashes';
 import { describePublicKey } from '../../src/core/crypto/keyid';
 import { issueCertificate } from '../../src/pki/certificates';
 import { startDaemon, writeKeyDir, type RunningDaemon } from '../helpers/daemon';
+import { until } from '../helpers/until';
 
 const keys: Record<string, KeyObject> = {
   rsa: generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey,
@@ -139,4 +140,27 @@ test('TLS 1.2 on the compat port allows only ECDHE with AEAD', async () => {
     });
   await expect(attempt('ECDHE-ECDSA-AES256-GCM-SHA384')).resolves.toBe(true);
   await expect(attempt('ECDHE-ECDSA-AES128-SHA')).rejects.toThrow();
+});
+
+test('a client that sends but never reads is paused until it reads; nothing is lost', async () => {
+  const SEND_BUFFER = 16 * 1024;
+  const small = await startDaemon(
+    { backends: [{ type: 'file', dir: writeKeyDir([{ name: 'k', key: keys.p256! }]) }], compat: { enabled: true }, limits: { max_send_buffer_bytes: SEND_BUFFER } },
+    server.pki,
+  );
+  const metric = async (name: string) => {
+    const text = await (await fetch(`http://127.0.0.1:${small.addresses.metrics!.port}/metrics`)).text();
+    return Number(new RegExp(`^${name}\\{listener="cloudflare"\\} (\\S+)$`, 'm').exec(text)?.[1] ?? 0);
+  };
+  const c = await CompatClient.connect({ host: '127.0.0.1', servername: 'localhost', port: small.addresses.compat!.port, ca: Buffer.from(server.pki.ca.certPem), cert: Buffer.from(server.pki.client.certPem), key: Buffer.from(server.pki.client.keyPem), requestTimeoutMs: 120_000 });
+  c.socket.pause(); // never read an answer
+  const payload = Buffer.alloc(1024, 7);
+  const pongs = Array.from({ length: 5000 }, () => c.ping(payload));
+  await until(async () => (await metric('keyless_sessions_paused')) === 1, 30_000, 'the daemon to stop reading the connection');
+  expect(await metric('keyless_send_buffer_bytes')).toBeLessThan(SEND_BUFFER + 64 * (payload.length + 32));
+  c.socket.resume();
+  expect((await Promise.all(pongs)).every((pong) => pong.equals(payload))).toBe(true);
+  expect(await metric('keyless_sessions_paused')).toBe(0);
+  c.close();
+  await small.stop();
 });

@@ -7,6 +7,7 @@ import { FrameReader, Tag, decodeFrame, encodeFrame } from '../../src/protocols/
 import { Opcode } from '../../src/protocols/compat/request';
 import { decodeResponse, encodeRequest } from '../../src/protocols/v1/codec';
 import { startDaemon, writeKeyDir, type RunningDaemon } from '../helpers/daemon';
+import { until } from '../helpers/until';
 
 // Issue 15 item 7: 5,000 TCP connections that never finish the TLS handshake made 20 of 26
 // legitimate connections fail, because a connection in its handshake counted against
@@ -38,14 +39,6 @@ async function metrics(): Promise<string> {
 function sample(text: string, series: string): number {
   const line = text.split('\n').find((l) => l.startsWith(`${series} `));
   return line ? Number(line.split(' ').pop()) : 0;
-}
-
-async function until(what: string, condition: () => boolean | Promise<boolean>, ms = DEADLINE_MS): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 /**
@@ -130,7 +123,7 @@ test.each([
   const attack = flood(port(), FLOOD);
   try {
     // The flood is under way: the server is turning its connections away and it reconnects.
-    await until('the flood to be turned away and reconnect', () => attack.opened > 2 * FLOOD);
+    await until(() => attack.opened > 2 * FLOOD, DEADLINE_MS, 'the flood to be turned away and reconnect');
     let pendingPeak = 0;
     const failures: string[] = [];
     for (let i = 0; i < EDGE_CONNECTIONS; i++) {
@@ -145,7 +138,7 @@ test.each([
   } finally {
     await attack.stop();
   }
-  await until('the pending handshakes to drain', async () => sample(await metrics(), pendingSeries) === 0);
+  await until(async () => sample(await metrics(), pendingSeries) === 0, DEADLINE_MS, 'the pending handshakes to drain');
 }, 120_000);
 
 test('the total cap holds handshakes from many addresses, and idle handshakes never count as sessions', async () => {
@@ -170,10 +163,10 @@ test('the total cap holds handshakes from many addresses, and idle handshakes ne
   try {
     // 5 idle connections from each of 8 addresses: at most 3 per address and 12 in all are admitted.
     for (let a = 10; a < 18; a++) for (let i = 0; i < 5; i++) openIdle(`127.0.0.${a}`);
-    await until('all 40 idle connections to be admitted or refused', async () => {
+    await until(async () => {
       const t = await text();
       return sample(t, byAddress) + sample(t, byTotal) === 40 - 12;
-    });
+    }, DEADLINE_MS, 'all 40 idle connections to be admitted or refused');
     let t = await text();
     expect(sample(t, pending)).toBe(12);
     // Which address fills its slots first depends on arrival order; at most 4 addresses can
@@ -181,11 +174,11 @@ test('the total cap holds handshakes from many addresses, and idle handshakes ne
     expect(sample(t, byAddress)).toBeLessThanOrEqual(8);
     expect(sample(t, byTotal)).toBeGreaterThanOrEqual(20);
     for (const socket of idle.splice(0)) socket.destroy();
-    await until('the idle connections to be gone', async () => sample(await text(), pending) === 0);
+    await until(async () => sample(await text(), pending) === 0, DEADLINE_MS, 'the idle connections to be gone');
 
     // More idle connections than max_sessions, in their handshake: sessions still open.
     for (let i = 0; i < 3; i++) openIdle('127.0.0.10');
-    await until('three pending handshakes', async () => sample(await text(), pending) === 3);
+    await until(async () => sample(await text(), pending) === 3, DEADLINE_MS, 'three pending handshakes');
     const sessions = await Promise.all([small.connect(), small.connect()]);
     expect(await sessions[0]!.ping(Buffer.from('ok'))).toEqual(Buffer.from('ok'));
     t = await text();

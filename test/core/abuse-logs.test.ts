@@ -7,6 +7,7 @@ import { createLogger } from '../../src/log';
 import { DEFAULT_LOG_LIMIT } from '../../src/util/log-limiter';
 import { writeKeyDir } from '../helpers/daemon';
 import { makeTestPki } from '../helpers/pki';
+import { until } from '../helpers/until';
 
 // Issue 15 item 10: junk from unauthenticated clients wrote one info line per connection
 // (1,600 lines a second), and a failed handshake logged its peer as `undefined:undefined`.
@@ -64,11 +65,7 @@ test('junk connections and refusals write a bounded number of log lines and a su
       const text = await (await fetch(`http://127.0.0.1:${addresses.metrics!.port}/metrics`)).text();
       return Number(/^keyless_connections_refused_total\{listener="keyless.v1",reason="max_pending_handshakes_per_address"\} (\S+)$/m.exec(text)?.[1] ?? 0);
     };
-    const deadline = Date.now() + 30_000;
-    while ((await refusedMetric()) < 30) {
-      if (Date.now() > deadline) throw new Error('the 30 connections over the per-address cap were not refused within 30 s');
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await until(async () => (await refusedMetric()) >= 30, 30_000, 'the 30 connections over the per-address cap to be refused');
     idle.forEach((s) => s.destroy());
     await daemon.shutdown(1000); // writes the summaries of the current interval
     stopped = true;

@@ -1,8 +1,9 @@
 import { generateKeyPairSync } from 'node:crypto';
-import { connect as netConnect } from 'node:net';
+import { connect as netConnect, type Socket } from 'node:net';
 import { WebSocket } from 'ws';
 import { decodeResponse, encodeRequest } from '../../src/protocols/v1/codec';
 import { startDaemon, writeKeyDir, type RunningDaemon } from '../helpers/daemon';
+import { until } from '../helpers/until';
 
 let server: RunningDaemon;
 const SEND_BUFFER = 16 * 1024;
@@ -20,10 +21,6 @@ async function counter(name: string): Promise<number> {
   const text = await (await fetch(`http://127.0.0.1:${server.addresses.metrics!.port}/metrics`)).text();
   const line = text.split('\n').find((l) => l.startsWith(name));
   return line ? Number(line.split(' ').pop()) : 0;
-}
-
-async function until(condition: () => boolean | Promise<boolean>): Promise<void> {
-  while (!(await condition())) await new Promise((r) => setTimeout(r, 20));
 }
 
 test('a client that opens TCP and never finishes the TLS handshake is dropped at the deadline', async () => {
@@ -46,23 +43,25 @@ test('connections beyond max_sessions are refused and counted; the sessions alre
   expect(await counter('keyless_connections_refused_total{listener="keyless.v1",reason="max_sessions"}')).toBe(refusedBefore + 1);
   expect(await sessions[0]!.ping(Buffer.from('ok'))).toEqual(Buffer.from('ok'));
   await Promise.all(sessions.map((s) => s.close()));
-  await until(() => ((server.daemon as unknown as { v1: { sessionCount: number } }).v1.sessionCount === 0));
+  await until(async () => (await counter('keyless_sessions_active{listener="keyless.v1"}')) === 0, 30_000, 'the closed sessions to be gone');
 });
 
 test('a client that sends but never reads is paused: the daemon stops reading it and its memory stays bounded', async () => {
   const { pki } = server;
   const ws = new WebSocket(server.url, 'keyless.v1', { ca: pki.ca.certPem, cert: pki.client.certPem, key: pki.client.keyPem });
+  // The upgrade response comes on the connection the session keeps using.
+  const upgraded = new Promise<Socket>((resolve) => ws.once('upgrade', (response) => resolve(response.socket)));
   await new Promise((resolve) => ws.once('open', resolve));
-  const clientSocket = (ws as unknown as { _socket: import('node:net').Socket })._socket;
+  const clientSocket = await upgraded;
   clientSocket.pause(); // never read a response
   const payload = Buffer.alloc(1024, 7);
   const total = 5000;
   for (let id = 1; id <= total; id++) ws.send(encodeRequest({ id, ping: { payload } }));
 
-  const serverSide = () => [...(server.daemon as unknown as { v1: { sessions: Map<WebSocket, unknown> } }).v1.sessions.keys()][0]!;
-  await until(() => serverSide() !== undefined && serverSide().isPaused);
+  const paused = 'keyless_sessions_paused{listener="keyless.v1"}';
+  await until(async () => (await counter(paused)) === 1, 30_000, 'the daemon to stop reading the session');
   // Bounded by the send-buffer limit plus what was already in flight when it paused.
-  expect(serverSide().bufferedAmount).toBeLessThan(SEND_BUFFER + 64 * (payload.length + 32));
+  expect(await counter('keyless_send_buffer_bytes{listener="keyless.v1"}')).toBeLessThan(SEND_BUFFER + 64 * (payload.length + 32));
 
   // Nothing is lost: once the client reads again, every request is answered.
   let answered = 0;
@@ -72,7 +71,8 @@ test('a client that sends but never reads is paused: the daemon stops reading it
     answered++;
   });
   clientSocket.resume();
-  await until(() => answered === total);
+  await until(() => answered === total, 60_000, `all ${total} requests to be answered`);
   expect(seen.size).toBe(total);
+  expect(await counter(paused)).toBe(0);
   ws.close();
 });

@@ -2,6 +2,7 @@ import { constants, createPublicKey, generateKeyPairSync, verify } from 'node:cr
 import type { KeylessSession } from '../../src/client/session';
 import { DEFAULT_PARALLELISM, FairScheduler } from '../../src/core/fair-scheduler';
 import { startDaemon, writeKeyDir, type RunningDaemon } from '../helpers/daemon';
+import { until } from '../helpers/until';
 
 // Issue 15 item 9: one session pipelining RSA-2048 at its in-flight cap pushed another
 // session's p50 from 1.5 ms to 3.8 s, with timeouts: every call went straight to the
@@ -28,7 +29,7 @@ describe('FairScheduler', () => {
     while (started.length < 7) {
       const count = started.length;
       release.shift()!();
-      await until(() => started.length > count);
+      await until(() => started.length > count, 10_000, `call ${count + 1} to start`);
     }
     release.shift()!();
     await Promise.all(all);
@@ -51,14 +52,6 @@ describe('FairScheduler', () => {
     expect(reachedBackend).toBe(false);
   });
 });
-
-async function until(condition: () => boolean): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error('condition not met within 30 s');
-    await new Promise((r) => setImmediate(r));
-  }
-}
 
 describe('one session flooding at its in-flight cap', () => {
   const key = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
@@ -86,7 +79,7 @@ describe('one session flooding at its in-flight cap', () => {
         },
       );
     const floods = Array.from({ length: FLOOD_INFLIGHT }, keep);
-    await until(() => floodDone >= 2 * FLOOD_INFLIGHT);
+    await until(() => floodDone >= 2 * FLOOD_INFLIGHT, 30_000, 'the flood to run two backlogs');
 
     // For each of the victim's requests: how many flood requests finished between its
     // submission and its answer. FIFO: about the flood's whole backlog (~FLOOD_INFLIGHT).

@@ -123,7 +123,9 @@ describe('an audit log that cannot be written', () => {
     // …and the loss is visible: counted, and the audit readiness check fails.
     await until(async () => /^keyless_audit_write_failures_total [1-9]\d*$/m.test(await metricsText(lenient)), 10_000, 'the failed audit write to be counted');
     expect((await fetch(`http://127.0.0.1:${lenient.addresses.metrics!.port}/readyz`)).status).toBe(503);
-    await session.sign({ name: 'k' }, 'ED25519', { message });
+    // …and it goes on serving while not ready: the next request is answered and correct too.
+    const again = await session.sign({ name: 'k' }, 'ED25519', { message });
+    expect(verify(null, message, createPublicKey({ key: key.spki, format: 'der', type: 'spki' }), again)).toBe(true);
     await session.close();
     await lenient.stop();
   });

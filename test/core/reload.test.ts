@@ -8,6 +8,7 @@ import { connect as tlsConnect } from 'node:tls';
 import { issueCertificate } from '../../src/pki/certificates';
 import { startDaemon, writeKeyDir } from '../helpers/daemon';
 import { freePort } from '../helpers/ports';
+import { GiveUp, until } from '../helpers/until';
 import { KeylessSession } from '../../src/client/session';
 
 const p256 = () => generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
@@ -38,7 +39,7 @@ test('a reload under load swaps keys and the server certificate without failing 
   writeFileSync(server.pki.files.serverKey, renewed.keyPem);
   const before = signed;
   expect(await server.reload({ backends: [{ type: 'file', dir }] })).toBe(true);
-  while (signed < before + 200) await new Promise((r) => setImmediate(r));
+  await until(() => signed >= before + 200, 30_000, '200 signatures after the reload');
   stop = true;
   await Promise.all(workers);
 
@@ -75,14 +76,17 @@ test('SIGHUP reloads a running keylessd, SIGTERM drains and exits 0', async () =
   const port = await freePort();
   const child = spawn(process.execPath, [join(__dirname, '..', '..', 'dist', 'src', 'cli', 'keylessd.js'), '--state-dir', stateDir, '--port', String(port), '--metrics-port', String(await freePort())], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
+  child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+  child.stderr!.on('data', (c: Buffer) => (out += c.toString()));
   const waitFor = (text: string) =>
-    new Promise<void>((resolve, reject) => {
-      const check = () => out.includes(text) && resolve();
-      child.stdout!.on('data', (c: Buffer) => ((out += c.toString()), check()));
-      child.stderr!.on('data', (c: Buffer) => ((out += c.toString()), check()));
-      child.once('exit', (code) => reject(new Error(`keylessd exited ${code}: ${out}`)));
-      check();
-    });
+    until(
+      () => {
+        if (child.exitCode !== null) throw new GiveUp(`keylessd exited ${child.exitCode}: ${out}`);
+        return out.includes(text);
+      },
+      60_000,
+      () => `keylessd to log "${text}":\n${out}`,
+    );
   await waitFor('Sign with a demo key');
   const added = p256();
   writeFileSync(join(stateDir, 'keys', 'added-by-operator.pem'), added.export({ format: 'pem', type: 'pkcs8' }));

@@ -3,6 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { WebSocket } from 'ws';
 import { SCHEME_OF, SIGNATURE_ALGORITHMS, keyTypeOf } from '../../src/core/crypto/algorithms';
 import { hashMessage } from '../../src/core/crypto/hashes';
 import type { KeylessSession } from '../../src/client/session';
@@ -146,12 +147,16 @@ describe('bad requests answer with their error code and the session goes on', ()
   });
 
   test('a 64-bit request id is echoed exactly', async () => {
-    const ws = (session as unknown as { ws: import('ws').WebSocket }).ws;
+    // The client numbers its own requests; a raw keyless.v1 WebSocket sends any id.
+    const { pki } = server;
+    const ws = new WebSocket(server.url, 'keyless.v1', { ca: pki.ca.certPem, cert: pki.client.certPem, key: pki.client.keyPem });
+    await new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject));
     const answer = new Promise<Buffer>((resolve) => ws.once('message', (data: Buffer) => resolve(data)));
     const Long = (await import('long')).default;
     const id = Long.fromString('18446744073709551557', true);
     ws.send(encodeRequest({ id, ping: { payload: Buffer.from('big id') } }));
     const response = decodeResponse(await answer);
     expect(response.id.toString()).toBe('18446744073709551557');
+    ws.close();
   });
 });

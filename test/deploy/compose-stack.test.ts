@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { parse, stringify } from 'yaml';
 import { freePort } from '../helpers/ports';
+import { GiveUp, until } from '../helpers/until';
 
 // The compose stack without Docker: the token-init script and the mounted keylessd.yaml run
 // for real here (SoftHSM2 is installed), with the volumes replaced by temp folders and the
@@ -43,16 +44,6 @@ function stackConfigHere(): string {
   return stringify(config);
 }
 
-async function until<T>(what: string, attempt: () => Promise<T | undefined>): Promise<T> {
-  for (let i = 0; i < 300; i++) {
-    const value = await attempt().catch(() => undefined);
-    if (value !== undefined) return value;
-    if (daemon.exitCode !== null) throw new Error(`keylessd exited with ${daemon.exitCode} before ${what}:\n${log}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  throw new Error(`timed out waiting for ${what}:\n${log}`);
-}
-
 const tlsFlags = () => ['--ca', join(volumes.pki, 'ca.crt'), '--client-cert', join(volumes.pki, 'client.crt'), '--client-key', join(volumes.pki, 'client.key')];
 
 beforeAll(async () => {
@@ -64,7 +55,14 @@ beforeAll(async () => {
   daemon = spawn(process.execPath, [cli('keylessd.js'), '--config', configFile], { env: { ...process.env, SOFTHSM2_CONF: softhsmConf }, stdio: ['ignore', 'pipe', 'pipe'] });
   daemon.stdout!.on('data', (chunk: Buffer) => (log += chunk.toString()));
   daemon.stderr!.on('data', (chunk: Buffer) => (log += chunk.toString()));
-  await until('/readyz', async () => ((await fetch(`http://127.0.0.1:${ports.metrics}/readyz`)).ok ? true : undefined));
+  await until(
+    async () => {
+      if (daemon.exitCode !== null) throw new GiveUp(`keylessd exited with ${daemon.exitCode}:\n${log}`);
+      return (await fetch(`http://127.0.0.1:${ports.metrics}/readyz`)).ok;
+    },
+    30_000,
+    () => `/readyz:\n${log}`,
+  );
 }, 60_000);
 
 afterAll(async () => {

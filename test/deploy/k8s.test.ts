@@ -69,8 +69,8 @@ describe('deploy/k8s', () => {
   });
 
   test('kustomization.yaml lists every manifest except the example Secrets', () => {
-    const kustomization = manifests('kustomization.yaml')[0] as unknown as { resources: string[] };
-    expect(kustomization.resources.sort()).toEqual(files.filter((f) => f !== 'secrets.example.yaml').sort());
+    const resources = manifests('kustomization.yaml')[0]!.resources as string[];
+    expect(resources.sort()).toEqual(files.filter((f) => f !== 'secrets.example.yaml').sort());
   });
 
   const deployment = one('Deployment');
@@ -104,7 +104,7 @@ describe('deploy/k8s', () => {
     const mountOf = (path: string) => container.volumeMounts.find((m: { mountPath: string }) => path === m.mountPath || path.startsWith(`${m.mountPath}/`));
     expect(container.args.slice(0, 2)).toEqual(['--config', mountOf('/etc/keylessd/keylessd.yaml').mountPath]);
     const pki = pod.volumes.find((v: { name: string }) => v.name === mountOf(config.tls.cert).name).secret;
-    const examplePki = all.find(({ m }) => m.kind === 'Secret' && m.metadata.name === pki.secretName)!.m as unknown as { stringData: Record<string, string> };
+    const examplePki = { stringData: all.find(({ m }) => m.kind === 'Secret' && m.metadata.name === pki.secretName)!.m.stringData as Record<string, string> };
     for (const path of [config.tls.cert, config.tls.key, config.tls.client_ca, config.tls.crl!]) {
       expect(mountOf(path)).toMatchObject({ readOnly: true });
       expect(Object.keys(examplePki.stringData)).toContain(path.split('/').pop());

@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { generateKey, startDaemon, writeKeyDir, type RunningDaemon } from '../helpers/daemon';
 import { makeTestPki, type TestPki } from '../helpers/pki';
 import { freePort } from '../helpers/ports';
-import { agentRequest, ensureModule, handshake, MODULE, moduleEnv, openDir, run, selfSigned, startAgent, startNginx, waitFor, type Agent, type Nginx } from './harness';
+import { agentRequest, ensureModule, handshake, MODULE, moduleEnv, openDir, run, selfSigned, startAgent, startNginx, type Agent, type Nginx } from './harness';
+import { until } from '../helpers/until';
 
 const TIMEOUT_MS = 1500; // the module's KEYLESSD_PKCS11_TIMEOUT_MS here
 
@@ -94,9 +95,9 @@ test('keylessd down: handshakes fail fast and nginx keeps running; back up: they
   // The agent answers BACKEND_UNAVAILABLE at once; in any case within the module's timeout.
   expect(failed.ms).toBeLessThan(bound);
   expect(nginx.process.exitCode).toBeNull();
-  await waitFor('the agent to report itself unhealthy', async () => (await fetch(`http://127.0.0.1:${agent.metricsPort}/healthz`)).status === 503);
+  await until(async () => (await fetch(`http://127.0.0.1:${agent.metricsPort}/healthz`)).status === 503, 15_000, 'the agent to report itself unhealthy');
   replicas = [await serve(0), await serve(1)];
-  await waitFor('handshakes to succeed again once keylessd is back', async () => (await handshake(nginxPort, caFile, ecdsa)).ok, 20_000);
+  await until(async () => (await handshake(nginxPort, caFile, ecdsa)).ok, 20_000, 'handshakes to succeed again once keylessd is back');
   expect((await handshake(nginxPort, caFile, rsaPss)).ok).toBe(true);
   expect(masterPid()).toBe(pid);
 });
@@ -109,7 +110,7 @@ test('agent restarted: handshakes fail while it is gone and succeed again after,
   expect(failed.ok).toBe(false);
   expect(failed.ms).toBeLessThan(bound);
   agent = await startAgent(pki, urls(), { socketDir: work });
-  await waitFor('handshakes through the new agent', async () => (await handshake(nginxPort, caFile, ecdsa)).ok);
+  await until(async () => (await handshake(nginxPort, caFile, ecdsa)).ok, 15_000, 'handshakes through the new agent');
   expect((await handshake(nginxPort, caFile, rsaPss)).ok).toBe(true);
   expect(masterPid()).toBe(pid);
 });
@@ -125,14 +126,14 @@ test('an agent that accepts but never answers: the handshake fails within the ti
   } finally {
     process.kill(agent.process.pid!, 'SIGCONT');
   }
-  await waitFor('handshakes once the agent runs again', async () => (await handshake(nginxPort, caFile, ecdsa)).ok);
+  await until(async () => (await handshake(nginxPort, caFile, ecdsa)).ok, 15_000, 'handshakes once the agent runs again');
 });
 
 test('one of two replicas killed under load: no failed handshake after the failover window', async () => {
-  await waitFor('the agent to hold sessions to both replicas', async () => {
+  await until(async () => {
     const response = await agentRequest(agent.socket, { id: 7, ping: { payload: Buffer.from('x') } });
     return response.result === 'pong';
-  });
+  }, 15_000, 'the agent to hold sessions to both replicas');
   let stop = false;
   let killedAt = 0;
   const failures: number[] = [];
@@ -145,11 +146,11 @@ test('one of two replicas killed under load: no failed handshake after the failo
       else failures.push(started);
     }
   });
-  await waitFor('some handshakes before the kill', () => ok >= 20, 30_000);
+  await until(() => ok >= 20, 30_000, 'some handshakes before the kill');
   killedAt = Date.now();
   await stopReplica(0);
   const okAtKill = ok;
-  await waitFor('handshakes after the kill', () => ok >= okAtKill + 40, 30_000);
+  await until(() => ok >= okAtKill + 40, 30_000, 'handshakes after the kill');
   stop = true;
   await Promise.all(load);
   // The pool retries a lost request on the other replica; a handshake that started more than one
@@ -164,10 +165,10 @@ test('a key removed from keylessd and reloaded: its object disappears, the other
   expect(await listed()).toContain('label:      edge-extra');
   unlinkSync(join(keyDir, 'edge-extra.pem'));
   for (const r of replicas) expect(await r!.reload({ backends: [{ type: 'file', dir: keyDir }] })).toBe(true);
-  await waitFor('edge-extra to disappear from the token', async () => {
+  await until(async () => {
     const text = await listed();
     return !text.includes('edge-extra') && text.includes('label:      edge-p256') && text;
-  });
+  }, 15_000, 'edge-extra to disappear from the token');
   expect((await handshake(nginxPort, caFile, ecdsa)).ok).toBe(true);
   expect((await handshake(nginxPort, caFile, rsaPss)).ok).toBe(true);
 });
@@ -175,8 +176,8 @@ test('a key removed from keylessd and reloaded: its object disappears, the other
 test('nginx -s reload loads the keys again through the module; handshakes go on', async () => {
   const pid = masterPid();
   process.kill(pid, 'SIGHUP');
-  await waitFor('nginx to report the reconfiguration', () => /reconfiguring/.test(nginx.errorLog()));
-  await waitFor('handshakes after the reload', async () => (await handshake(nginxPort, caFile, ecdsa)).ok);
+  await until(() => /reconfiguring/.test(nginx.errorLog()), 15_000, 'nginx to report the reconfiguration');
+  await until(async () => (await handshake(nginxPort, caFile, ecdsa)).ok, 15_000, 'handshakes after the reload');
   expect((await handshake(nginxPort, caFile, rsaPss)).ok).toBe(true);
   expect(nginx.errorLog()).not.toMatch(/\[emerg\]/);
   expect(masterPid()).toBe(pid);

@@ -10,6 +10,7 @@ import { join, resolve } from 'node:path';
 import type { keyless } from '../../src/gen/keyless';
 import { decodeResponse, encodeRequest } from '../../src/protocols/v1/codec';
 import type { TestPki } from '../helpers/pki';
+import { GiveUp, until } from '../helpers/until';
 
 export const ROOT = resolve(__dirname, '../..');
 export const MODULE = join(ROOT, 'build/pkcs11/libkeylessd-pkcs11.so');
@@ -58,25 +59,6 @@ export function run(cmd: string, args: readonly string[], options: { env?: NodeJ
     child.stdin!.on('error', () => undefined);
     child.stdin!.end(options.input ?? '');
   });
-}
-
-/** Thrown inside a waitFor check: stop waiting at once. */
-export class Fatal extends Error {}
-
-export async function waitFor<T>(what: string, check: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const value = await check();
-      if (value) return value;
-    } catch (err) {
-      if (err instanceof Fatal) throw err;
-      last = err;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ''}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 function canConnect(target: { port: number } | { path: string }): Promise<boolean> {
@@ -148,12 +130,12 @@ export async function startAgent(pki: TestPki, urls: readonly string[], options:
   child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  await waitFor(`the agent's socket ${socket} to list keys`, async () => {
-    if (child.exitCode !== null) throw new Fatal(`the agent exited ${child.exitCode}: ${output}`);
+  await until(async () => {
+    if (child.exitCode !== null) throw new GiveUp(`the agent exited ${child.exitCode}: ${output}`);
     if (!existsSync(socket)) return false;
     const response = await agentRequest(socket, { id: 1, listKeys: {} });
     return response.result === 'keys' && (response.keys?.keys?.length ?? 0) > 0;
-  });
+  }, 15_000, `the agent's socket ${socket} to list keys`);
   return {
     socket,
     process: child,
@@ -256,10 +238,10 @@ export async function startNginx(env: NodeJS.ProcessEnv, servers: ReadonlyArray<
       return '';
     }
   };
-  await waitFor(`nginx on ports ${servers.map((s) => s.port).join(', ')}`, async () => {
-    if (child.exitCode !== null) throw new Fatal(`nginx exited ${child.exitCode}: ${output} ${errorLog()}`);
+  await until(async () => {
+    if (child.exitCode !== null) throw new GiveUp(`nginx exited ${child.exitCode}: ${output} ${errorLog()}`);
     return (await Promise.all(servers.map((s) => canConnect({ port: s.port })))).every(Boolean);
-  });
+  }, 15_000, `nginx on ports ${servers.map((s) => s.port).join(', ')}`);
   return {
     port: servers[0]!.port,
     prefix,

@@ -13,7 +13,8 @@ import * as pkcs11js from 'pkcs11js';
 import { generateKey, writeKeyDir } from '../helpers/daemon';
 import { makeTestPki, type TestPki } from '../helpers/pki';
 import { freePort } from '../helpers/ports';
-import { ensureModule, Fatal, MODULE, openDir, ROOT, startAgent, waitFor, type Agent } from './harness';
+import { ensureModule, MODULE, openDir, ROOT, startAgent, type Agent } from './harness';
+import { GiveUp, until } from '../helpers/until';
 import { connect } from 'node:net';
 
 const rsaKey = generateKey({ name: 'rsa', type: 'rsa', bits: 2048 });
@@ -77,14 +78,14 @@ beforeAll(async () => {
     }),
   );
   keylessd = spawn(process.execPath, [join(ROOT, 'dist/src/cli/keylessd.js'), '--config', config, '--log-level', 'warn'], { stdio: 'ignore' });
-  await waitFor('keylessd to listen', () => {
-    if (keylessd.exitCode !== null) throw new Fatal(`keylessd exited ${keylessd.exitCode}`);
+  await until(() => {
+    if (keylessd.exitCode !== null) throw new GiveUp(`keylessd exited ${keylessd.exitCode}`);
     return new Promise<boolean>((resolve) => {
       const s = connect(port, '127.0.0.1');
       s.once('connect', () => (s.destroy(), resolve(true)));
       s.once('error', () => resolve(false));
     });
-  });
+  }, 15_000, 'keylessd to listen');
   agent = await startAgent(pki, [`wss://127.0.0.1:${port}/v1`], { socketDir: openDir('keylessd-module-') });
   p11 = new pkcs11js.PKCS11();
   p11.load(MODULE);
@@ -278,7 +279,7 @@ test('an agent that answers one request twice: C_Sign returns CKR_DEVICE_ERROR (
   const fakeSocket = join(openDir('keylessd-fake-agent-'), 'fake.sock');
   const fake = spawn(process.execPath, ['-e', DOUBLING_AGENT, fakeSocket, agent.socket], { stdio: 'ignore' });
   try {
-    await waitFor('the stand-in agent to listen', () => existsSync(fakeSocket));
+    await until(() => existsSync(fakeSocket), 15_000, 'the stand-in agent to listen');
     p11.C_Finalize();
     p11.C_Initialize({ libraryParameters: `socket=${fakeSocket} timeout_ms=${TIMEOUT_MS} keys_ttl_ms=100` });
     session = p11.C_OpenSession(p11.C_GetSlotList(true)[0]!, pkcs11js.CKF_SERIAL_SESSION);

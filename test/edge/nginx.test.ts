@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { startDaemon, writeKeyDir, generateKey, type RunningDaemon } from '../helpers/daemon';
 import { makeTestPki, type TestPki } from '../helpers/pki';
 import { freePort } from '../helpers/ports';
-import { ensureModule, handshake, IS_ROOT, MODULE, moduleEnv, openDir, run, selfSigned, startAgent, startNginx, waitFor, type Agent, type Nginx } from './harness';
+import { ensureModule, handshake, IS_ROOT, MODULE, moduleEnv, openDir, run, selfSigned, startAgent, startNginx, type Agent, type Nginx } from './harness';
+import { until } from '../helpers/until';
 
 const rsaKey = generateKey({ name: 'edge-rsa', type: 'rsa', bits: 2048 });
 const ecKey = generateKey({ name: 'edge-p256', type: 'ec', curve: 'P-256' });
@@ -89,10 +90,10 @@ test.each([
   const before = auditRecords().length;
   const result = await handshake(nginx.port, caFile, args);
   expect({ ok: result.ok, protocol: result.protocol, peerSignatureType: result.peerSignatureType }).toEqual({ ok: true, protocol, peerSignatureType: sigType });
-  const records = await waitFor('the audit record of the handshake', () => {
+  const records = await until(() => {
     const fresh = auditRecords().slice(before);
     return fresh.length > 0 && fresh;
-  });
+  }, 15_000, 'the audit record of the handshake');
   expect(records).toContainEqual(
     expect.objectContaining({ operation: 'sign', algorithm, result: 'ok', key: expect.objectContaining({ name: key }), client: expect.objectContaining({ subject: expect.stringContaining('CN=edge agent nginx-1') }) }),
   );
@@ -115,7 +116,7 @@ test('TLS 1.2 plain RSA key exchange fails in nginx (OpenSSL 3 engine keys lack 
   const result = await handshake(nginx.port, caFile, ['-tls1_2', '-cipher', 'AES128-GCM-SHA256']);
   expect(result.ok).toBe(false);
   expect(result.output).toMatch(/alert/);
-  await waitFor('nginx to log the padding failure', () => /illegal or unsupported padding mode/.test(nginx.errorLog()));
+  await until(() => /illegal or unsupported padding mode/.test(nginx.errorLog()), 15_000, 'nginx to log the padding failure');
   expect(nginx.process.exitCode).toBeNull();
 
   // The module's CKM_RSA_PKCS decryption itself works for the key that may decrypt…
@@ -134,7 +135,7 @@ test('TLS 1.2 plain RSA key exchange fails in nginx (OpenSSL 3 engine keys lack 
   const refused = await run('openssl', ['pkeyutl', '-engine', 'pkcs11', '-keyform', 'engine', '-inkey', uri('edge-rsa-locked'), '-decrypt', '-in', join(work, 'locked.enc')], { env });
   expect(refused.code).toBe(1); // refused, not crashed
   expect(refused.stdout).not.toContain('premaster');
-  const denial = await waitFor('the audited decrypt denial', () => auditRecords().find((r) => r.operation === 'decrypt_raw' && r.key?.name === 'edge-rsa-locked'));
+  const denial = await until(() => auditRecords().find((r) => r.operation === 'decrypt_raw' && r.key?.name === 'edge-rsa-locked'), 15_000, 'the audited decrypt denial');
   expect(denial).toMatchObject({ result: 'FORBIDDEN', client: expect.objectContaining({ subject: expect.stringContaining('CN=edge agent nginx-1') }) });
   expect(auditRecords()).toContainEqual(expect.objectContaining({ operation: 'decrypt_raw', result: 'ok', key: expect.objectContaining({ name: 'edge-rsa' }) }));
 });
@@ -170,10 +171,10 @@ test('openssl s_server -engine pkcs11 -keyform engine serves a handshake', async
   const child = spawn('openssl', ['s_server', '-engine', 'pkcs11', '-keyform', 'engine', '-key', uri('edge-p256'), '-cert', ecCert, '-accept', `127.0.0.1:${port}`, '-www', '-naccept', '1'], { env: { ...process.env, ...env }, stdio: 'ignore' });
   const exited = new Promise((r) => child.once('exit', r));
   try {
-    const result = await waitFor('a handshake with s_server', async () => {
+    const result = await until(async () => {
       const r = await run('openssl', ['s_client', '-connect', `127.0.0.1:${port}`, '-CAfile', ecCert, '-verify_return_error', '-brief', '-tls1_3'], { env: { OPENSSL_CONF: '/dev/null' }, input: 'GET / HTTP/1.0\r\n\r\n', timeoutMs: 5000 });
       return r.code === 0 && /Signature type: ECDSA/.test(r.stdout + r.stderr) && r;
-    });
+    }, 15_000, 'a handshake with s_server');
     expect(result.code).toBe(0);
   } finally {
     child.kill();

@@ -1,8 +1,9 @@
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { constants, createPublicKey, generateKeyPairSync, publicEncrypt, randomBytes, verify, type KeyObject } from 'node:crypto';
-import { chmodSync, mkdirSync, mkdtempSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import * as pkcs11js from 'pkcs11js';
 import { createPkcs11Backend, Pkcs11Backend, pkcs11BackendSchema } from '../../backends/pkcs11';
 import { findModule } from '../../backends/pkcs11/backend';
@@ -19,6 +20,7 @@ import { ConfigError } from '../../src/errors';
 import type { Backend, KeyHandle } from '../../src/core/keys/types';
 import { createLogger } from '../../src/log';
 import { startDaemon, type RunningDaemon } from '../helpers/daemon';
+import { until } from '../helpers/until';
 import { verifies } from '../helpers/verify';
 
 // The PKCS#11 module is process-global and SoftHSM reads SOFTHSM2_CONF once: jest.config.js
@@ -43,10 +45,6 @@ const slotOf = (label: string) => softhsm().C_GetSlotList(true).find((s) => soft
 const logger = createLogger('silent');
 const backendFor = (config: Record<string, unknown>) => createPkcs11Backend(pkcs11BackendSchema.parse({ type: 'pkcs11', name: 'hsm', ...config }), logger);
 const outcome = (work: Promise<unknown>) => work.then(() => 'ok', (err: { code?: string }) => err.code ?? String(err));
-
-async function until(condition: () => boolean): Promise<void> {
-  while (!condition()) await new Promise((resolve) => setTimeout(resolve, 10));
-}
 
 let server: RunningDaemon;
 let session: KeylessSession;
@@ -135,11 +133,11 @@ describe('every key type and scheme, through the daemon', () => {
     const load = Array.from({ length: 16 }, async () => {
       while (!stop) outcomes.push(await outcome(session.sign({ name: 'p256' }, 'ECDSA_SHA256', { message })));
     });
-    await until(() => outcomes.length >= 200);
+    await until(() => outcomes.length >= 200, 60_000, '200 signatures under load');
     softhsm().C_CloseAllSessions(slotOf('keyless-test')); // what a token reset or an HSM failover does to an application
-    await until(() => outcomes.includes('BACKEND_UNAVAILABLE'));
+    await until(() => outcomes.includes('BACKEND_UNAVAILABLE'), 60_000, 'BACKEND_UNAVAILABLE once the sessions are closed');
     const failedAt = outcomes.lastIndexOf('BACKEND_UNAVAILABLE');
-    await until(() => outcomes.slice(failedAt).filter((o) => o === 'ok').length >= 200);
+    await until(() => outcomes.slice(failedAt).filter((o) => o === 'ok').length >= 200, 60_000, '200 signatures after the last failure');
     stop = true;
     await Promise.all(load);
     expect(new Set(outcomes)).toEqual(new Set(['ok', 'BACKEND_UNAVAILABLE']));
@@ -198,10 +196,13 @@ describe('the backend on its own', () => {
   });
 
   test('a mechanism the token does not list is UNSUPPORTED, not CRYPTO_FAILURE', async () => {
-    const { backend, keys } = await open({ uri: uri(';object=rsa2048') });
-    (backend as unknown as { mechanisms: Set<number> }).mechanisms.delete(pkcs11js.CKM_RSA_PKCS_PSS);
-    await expect(keys[0]!.sign({ kind: 'rsa-pss', hash: 'sha256' }, Buffer.alloc(32))).rejects.toMatchObject({ code: 'UNSUPPORTED' });
-    expect(backend.healthy()).toBe(true);
+    // SoftHSM's slots.mechanisms leaves only CKM_RSA_PKCS in C_GetMechanismList; SoftHSM reads its
+    // config once per process, so the backend runs in a child with a config of its own.
+    const conf = join(tokenDir, 'softhsm2-rsa-pkcs-only.conf');
+    writeFileSync(conf, `${readFileSync(join(tokenDir, 'softhsm2.conf'), 'utf8')}slots.mechanisms = CKM_RSA_PKCS\n`);
+    const child = [join(__dirname, '..', 'cng', 'ts-register.js'), join(__dirname, 'hidden-mechanism.ts'), uri(';object=rsa2048')];
+    const { stdout } = await promisify(execFile)(process.execPath, ['-r', ...child], { env: { ...process.env, SOFTHSM2_CONF: conf }, timeout: 50_000 });
+    expect(JSON.parse(stdout)).toEqual({ pss: 'UNSUPPORTED', pkcs1: 'ok', healthy: true });
   });
 
   test('a key deleted from the token: one fault, recovery, then KEY_NOT_FOUND for it while the others sign', async () => {
@@ -213,7 +214,7 @@ describe('the backend on its own', () => {
     execFileSync('pkcs11-tool', ['--module', MODULE, '--token-label', 'doomed-test', '--login', '--pin', PIN, '--delete-object', '--type', 'privkey', '--label', 'doomed'], { stdio: 'ignore' });
     expect(await sign(doomed!)).toBe('BACKEND_UNAVAILABLE');
     expect(backend.healthy()).toBe(false);
-    await until(() => backend.healthy());
+    await until(() => backend.healthy(), 60_000, 'the backend to recover');
     expect([await sign(stays!), await sign(doomed!)]).toEqual(['ok', 'KEY_NOT_FOUND']);
   });
 
@@ -222,11 +223,18 @@ describe('the backend on its own', () => {
     const digest = hashMessage('sha256', Buffer.from('finalized'));
     softhsm().C_Finalize();
     expect(await outcome(keys[0]!.sign({ kind: 'ecdsa', hash: 'sha256' }, digest))).toBe('BACKEND_UNAVAILABLE');
-    await until(() => backend.healthy());
+    await until(() => backend.healthy(), 60_000, 'the backend to recover');
     expect(verify('sha256', Buffer.from('finalized'), createPublicKey(KEYS.p256!), await keys[0]!.sign({ kind: 'ecdsa', hash: 'sha256' }, digest))).toBe(true);
     // The daemon's own backend shares the module: its sessions went too, and it recovers the same way.
     const answers: string[] = [];
-    while (answers.at(-1) !== 'ok') answers.push(await outcome(session.sign({ name: 'p384' }, 'ECDSA_SHA384', { message: digest })));
+    await until(
+      async () => {
+        answers.push(await outcome(session.sign({ name: 'p384' }, 'ECDSA_SHA384', { message: digest })));
+        return answers.at(-1) === 'ok';
+      },
+      60_000,
+      "the daemon's backend to sign again",
+    );
     expect(new Set(answers)).toEqual(new Set(['BACKEND_UNAVAILABLE', 'ok']));
   });
 });

@@ -7,6 +7,7 @@ import { stringify } from 'yaml';
 import { KeylessSession } from '../../src/client/session';
 import { makeTestPki, type TestPki } from '../helpers/pki';
 import { freePort } from '../helpers/ports';
+import { GiveUp, until } from '../helpers/until';
 
 // A SoftHSM2 token taken away from a running keylessd and put back, under load. SoftHSM
 // reads its token folder at C_Initialize, so this needs the daemon in its own process with
@@ -25,14 +26,14 @@ let log = '';
 let session: KeylessSession;
 let tokenFolder: string;
 
-async function until(what: string, condition: () => boolean | Promise<boolean>, timeoutMs = 60_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (daemon.exitCode !== null) throw new Error(`keylessd exited with ${daemon.exitCode} while waiting for ${what}:\n${log}`);
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}:\n${log.slice(-4000)}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
+/** A check that gives up at once when keylessd has exited; what it waited for comes with the log. */
+const serving =
+  <T>(check: () => T | Promise<T>) =>
+  async (): Promise<T> => {
+    if (daemon.exitCode !== null) throw new GiveUp(`keylessd exited with ${daemon.exitCode}:\n${log}`);
+    return check();
+  };
+const withLog = (what: string) => () => `${what}:\n${log.slice(-4000)}`;
 
 const readyz = async () => {
   const res = await fetch(`http://127.0.0.1:${ports.metrics}/readyz`);
@@ -76,7 +77,7 @@ beforeAll(async () => {
   });
   daemon.stdout!.on('data', (chunk: Buffer) => (log += chunk.toString()));
   daemon.stderr!.on('data', (chunk: Buffer) => (log += chunk.toString()));
-  await until('/readyz', async () => (await readyz().catch(() => ({ status: 0 }))).status === 200);
+  await until(serving(async () => (await readyz().catch(() => ({ status: 0 }))).status === 200), 60_000, withLog('/readyz'));
   session = await KeylessSession.connect({
     url: `wss://127.0.0.1:${ports.listen}/v1`,
     ca: Buffer.from(pki.ca.certPem),
@@ -110,7 +111,6 @@ test('the token folder moved away under load and back: BACKEND_UNAVAILABLE, /rea
         into.push('ok');
       } catch (err) {
         into.push((err as { code?: string }).code ?? String(err));
-        await new Promise((resolve) => setTimeout(resolve, 5)); // a down backend answers at once
       }
     }
   };
@@ -119,26 +119,26 @@ test('the token folder moved away under load and back: BACKEND_UNAVAILABLE, /rea
     ...Array.from({ length: 2 }, async () => sign('steady-p256', steady, await publicKeyOf('steady-p256'))),
     ...Array.from({ length: 2 }, () => sign('file-p256', disk, createPublicKey(fileKey))),
   ];
-  await until('signing under load', () => hsm.length >= 200 && disk.length >= 50 && steady.length >= 50);
+  await until(serving(() => hsm.length >= 200 && disk.length >= 50 && steady.length >= 50), 60_000, withLog('signing under load'));
 
   renameSync(join(tokenRoot, 'tokens', tokenFolder), join(away, tokenFolder));
-  await until('BACKEND_UNAVAILABLE from the removed token', () => hsm.includes('BACKEND_UNAVAILABLE'));
-  await until('/readyz to name the backend', async () => {
+  await until(serving(() => hsm.includes('BACKEND_UNAVAILABLE')), 60_000, withLog('BACKEND_UNAVAILABLE from the removed token'));
+  await until(serving(async () => {
     const { status, body } = await readyz();
     return status === 503 && body.includes('backend:hsm') && !body.includes('backend:disk');
-  });
+  }), 60_000, withLog('/readyz to name the backend'));
   expect(await backendUp('hsm')).toBe('0');
   expect(await backendUp('disk')).toBe('1');
   const diskWhileDown = disk.length;
-  await until('the file backend to keep serving', () => disk.length >= diskWhileDown + 50);
+  await until(serving(() => disk.length >= diskWhileDown + 50), 60_000, withLog('the file backend to keep serving'));
   expect(new Set(disk)).toEqual(new Set(['ok']));
 
   renameSync(join(away, tokenFolder), join(tokenRoot, 'tokens', tokenFolder));
   const putBack = hsm.length;
   const steadyAt = steady.length;
-  await until('the token key to sign again', () => hsm.slice(putBack).filter((o) => o === 'ok').length >= 100);
-  await until('the other token on the module to sign after the last C_Finalize', () => steady.slice(steadyAt).filter((o) => o === 'ok').length >= 50);
-  await until('/readyz to be ready again', async () => (await readyz()).status === 200);
+  await until(serving(() => hsm.slice(putBack).filter((o) => o === 'ok').length >= 100), 60_000, withLog('the token key to sign again'));
+  await until(serving(() => steady.slice(steadyAt).filter((o) => o === 'ok').length >= 50), 60_000, withLog('the other token on the module to sign after the last C_Finalize'));
+  await until(serving(async () => (await readyz()).status === 200), 60_000, withLog('/readyz to be ready again'));
   expect(await backendUp('hsm')).toBe('1');
   stop = true;
   await Promise.all(load);

@@ -10,7 +10,7 @@ function readFlagFile(flag: string, path: string): string {
   try {
     return readFileSync(path, 'utf8');
   } catch (err) {
-    throw new UsageError(`${flag}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw new UsageError(`${flag}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
   }
 }
 
@@ -56,7 +56,7 @@ checkpoint prints the newest signed checkpoint record of LOG: keep it off this h
       try {
         publicKey = loadAuditPublicKey(readFlagFile('--public-key', values['public-key']));
       } catch (err) {
-        throw new UsageError(`--public-key ${values['public-key']}: ${(err as Error).message}`);
+        throw new UsageError(`--public-key ${values['public-key']}: ${(err as Error).message}`, { cause: err });
       }
     }
     const anchor = values.anchor === undefined ? undefined : readFlagFile('--anchor', values.anchor);

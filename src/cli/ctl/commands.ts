@@ -276,7 +276,7 @@ keylessd --config gokeyless.yaml also works directly; converting lets you review
     try {
       text = readFileSync(file, 'utf8');
     } catch (err) {
-      throw new UsageError(`cannot read ${file}: ${describeFsError(err)}`);
+      throw new UsageError(`cannot read ${file}: ${describeFsError(err)}`, { cause: err });
     }
     const { config, notes } = convertGokeylessConfig(parseYaml(text, file), dirname(resolve(file)));
     if (values.json) return void process.stdout.write(`${JSON.stringify({ config, notes }, null, 2)}\n`);

@@ -45,7 +45,7 @@ function readNamed(what: string, path: string): Buffer {
   try {
     return readFileSync(path);
   } catch (err) {
-    throw new UsageError(`cannot read the ${what} ${path}: ${describeFsError(err)}`);
+    throw new UsageError(`cannot read the ${what} ${path}: ${describeFsError(err)}`, { cause: err });
   }
 }
 

@@ -25,7 +25,7 @@ export function readInput(path: string | undefined, what: string): Buffer {
   try {
     return readFileSync(path);
   } catch (err) {
-    throw new UsageError(`cannot read ${what} file ${path}: ${describeFsError(err)}`);
+    throw new UsageError(`cannot read ${what} file ${path}: ${describeFsError(err)}`, { cause: err });
   }
 }
 

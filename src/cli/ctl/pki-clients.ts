@@ -24,7 +24,7 @@ async function pkiAction<T>(action: () => Promise<T>): Promise<T> {
   try {
     return await action();
   } catch (err) {
-    if (err instanceof PkiError) throw new CheckFailedError(err.message);
+    if (err instanceof PkiError) throw new CheckFailedError(err.message, { cause: err });
     throw err;
   }
 }

@@ -1,11 +1,12 @@
 import type { AddressInfo } from 'node:net';
-import { listen } from '../../transport/listen';
+import { listen, stopListening } from '../../transport/listen';
 import { createServer, type Server, type TLSSocket, type TlsOptions } from 'node:tls';
 import { toKeylessError } from '../../errors';
 import type { Logger } from '../../log';
 import type { Metrics } from '../../metrics/metrics';
 import type { Dispatcher } from '../../core/dispatcher';
 import { sessionFor, type SessionInfo } from '../../core/request';
+import { SendBackpressure } from '../../transport/backpressure';
 import { connectionLimits, guardTlsServer } from '../../transport/tls';
 import type { LogLimiter } from '../../util/log-limiter';
 import { CompatFormatError, ErrorByte, FrameReader, Tag, decodeFrame, encodeFrame } from './codec';
@@ -65,12 +66,7 @@ export class CompatListener {
   stopAccepting(): Promise<void> {
     this.draining = true;
     for (const socket of this.sockets) socket.pause();
-    return new Promise((resolve) =>
-      this.server.close(() => {
-        this.logs.stop();
-        resolve();
-      }),
-    );
+    return stopListening(this.server, this.logs);
   }
 
   /** Ends every connection; one whose client does not close its side in time is cut off. */
@@ -91,18 +87,11 @@ export class CompatListener {
     this.metrics.sessionsOpened.inc({ listener: LISTENER });
     this.metrics.sessionsActive.inc({ listener: LISTENER });
     const reader = new FrameReader();
-    let paused = false;
+    const backpressure = new SendBackpressure(socket, socket, () => socket.writableLength, this.options.maxSendBufferBytes, () => !this.draining, this.metrics, LISTENER);
     const send = (frame: Buffer) => {
       if (socket.destroyed) return;
-      // A client that does not read its answers stops being read until it does.
-      if (!socket.write(frame) && !paused && socket.writableLength > this.options.maxSendBufferBytes) {
-        paused = true;
-        socket.pause();
-        socket.once('drain', () => {
-          paused = false;
-          if (!this.draining) socket.resume();
-        });
-      }
+      socket.write(frame);
+      backpressure.written();
     };
     let first = true;
     socket.on('data', (chunk: Buffer) => {

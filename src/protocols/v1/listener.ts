@@ -1,5 +1,5 @@
 import { createServer, type Server } from 'node:https';
-import { listen } from '../../transport/listen';
+import { listen, stopListening } from '../../transport/listen';
 import type { AddressInfo, Socket } from 'node:net';
 import type { TLSSocket, TlsOptions } from 'node:tls';
 import { WebSocketServer, type WebSocket } from 'ws';
@@ -89,12 +89,7 @@ export class V1Listener {
     this.draining = true;
     clearInterval(this.heartbeat);
     for (const session of this.sessions.values()) session.stopReading();
-    return new Promise((resolve) =>
-      this.server.close(() => {
-        this.logs.stop();
-        resolve();
-      }),
-    );
+    return stopListening(this.server, this.logs);
   }
 
   closeSessions(): void {
@@ -113,7 +108,7 @@ export class V1Listener {
       ws.close(CloseCode.protocolError, 'no client certificate');
       return;
     }
-    const session = new V1Session(ws, info, this.dispatcher, this.metrics, this.logger, this.options.maxSendBufferBytes, this.logs);
+    const session = new V1Session(ws, socket, info, this.dispatcher, this.metrics, this.logger, this.options.maxSendBufferBytes, this.logs);
     this.sessions.set(ws, session);
     this.alive.add(ws);
     this.metrics.sessionsOpened.inc({ listener: LISTENER });

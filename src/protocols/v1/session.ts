@@ -1,3 +1,4 @@
+import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import { KeylessError, toKeylessError } from '../../errors';
 import type { keyless } from '../../gen/keyless';
@@ -9,6 +10,7 @@ import type { Dispatcher } from '../../core/dispatcher';
 import { keyInfoMessage } from './key-info';
 import type { SessionInfo } from '../../core/request';
 import type { LogLimiter } from '../../util/log-limiter';
+import { SendBackpressure } from '../../transport/backpressure';
 
 /** WebSocket close codes (RFC 6455 §7.4.1). */
 export const CloseCode = { goingAway: 1001, protocolError: 1002, unsupportedData: 1003, tooBig: 1009 } as const;
@@ -21,22 +23,23 @@ type Answer = Omit<keyless.v1.Response.$Properties, 'id'>;
  * cannot be decoded cannot be answered by id, so it closes this session (1002) only.
  */
 export class V1Session {
-  private paused = false;
   private corked = false;
   private stopped = false;
-  private readonly socket: NodeJS.WritableStream & NodeJS.EventEmitter & { cork(): void; uncork(): void };
+  private readonly backpressure: SendBackpressure;
 
   constructor(
     private readonly ws: WebSocket,
+    /** The connection under `ws`, as the HTTP server's upgrade handed it over: corked and watched for drain. */
+    private readonly socket: Pick<Socket, 'cork' | 'uncork' | 'once'>,
     readonly info: SessionInfo,
     private readonly dispatcher: Dispatcher,
     private readonly metrics: Metrics,
     private readonly logger: Logger,
-    private readonly maxSendBuffer: number,
+    maxSendBuffer: number,
     /** Rate limit for the protocol-error lines a client can cause at will. */
     private readonly logs?: LogLimiter,
   ) {
-    this.socket = (ws as unknown as { _socket: V1Session['socket'] })._socket;
+    this.backpressure = new SendBackpressure(socket, ws, () => ws.bufferedAmount, maxSendBuffer, () => !this.stopped, metrics, info.listener);
     ws.on('message', (data, isBinary) => this.onMessage(data as Buffer, isBinary));
   }
 
@@ -91,16 +94,7 @@ export class V1Session {
       });
     }
     this.ws.send(bytes);
-    // A client that sends but does not read would make responses pile up here without bound:
-    // stop reading its requests until the socket drains.
-    if (!this.paused && this.ws.bufferedAmount > this.maxSendBuffer) {
-      this.paused = true;
-      this.ws.pause();
-      this.socket.once('drain', () => {
-        this.paused = false;
-        if (!this.stopped) this.ws.resume();
-      });
-    }
+    this.backpressure.written();
   }
 
   /** Shutdown: no more requests are read; those in flight are still answered. */

@@ -7,16 +7,17 @@ export const NativeOp = { rsaPkcs1: 0, rsaPss: 1, ecdsa: 2, ed25519: 3, decryptR
 export const NativeHash = { none: 0, sha1: 1, sha224: 2, sha256: 3, sha384: 4, sha512: 5 } as const;
 
 export type NativeKey = { readonly __nativeKey: unique symbol };
+export type NativeQueueHandle = { readonly __nativeQueue: unique symbol };
 
 interface NativeAddon {
   loadKey(pkcs8Der: Buffer): NativeKey;
   /** One operation as its own libuv work item, settled by its own promise (tests, the CNG fake shim). */
   run(key: NativeKey, op: number, hash: number, input: Buffer): Promise<Buffer>;
   /** The batched queue: `threads` workers; every result finished by a wake-up comes back in one onDone call. */
-  start(threads: number, onDone: (results: Array<number | Buffer | string>) => void): void;
-  submit(key: NativeKey, op: number, hash: number, input: Buffer, slot: number): void;
-  flush(): void;
-  idle(): void;
+  start(threads: number, onDone: (results: Array<number | Buffer | string>) => void): NativeQueueHandle;
+  submit(queue: NativeQueueHandle, key: NativeKey, op: number, hash: number, input: Buffer, slot: number): void;
+  flush(queue: NativeQueueHandle): void;
+  idle(queue: NativeQueueHandle): void;
 }
 
 let addon: NativeAddon | undefined;
@@ -61,19 +62,20 @@ export class NativeQueue {
   private readonly free: number[] = [];
   private outstanding = 0;
   private flushQueued = false;
+  private readonly handle: NativeQueueHandle;
   private readonly flush = (): void => {
     this.flushQueued = false;
-    this.addon.flush();
+    this.addon.flush(this.handle);
   };
 
   constructor(private readonly addon: NativeAddon = nativeAddon()) {
-    addon.start(NATIVE_THREADS, (results) => this.deliver(results));
+    this.handle = addon.start(NATIVE_THREADS, (results) => this.deliver(results));
   }
 
   run(key: NativeKey, op: number, hash: number, input: Buffer, failure: (message: string) => Error): Promise<Buffer> {
     return new Promise<Buffer>((resolve, reject) => {
       const slot = this.free.pop() ?? this.waiters.length;
-      this.addon.submit(key, op, hash, input, slot); // throws on bad arguments: the promise rejects
+      this.addon.submit(this.handle, key, op, hash, input, slot); // throws on bad arguments: the promise rejects
       this.waiters[slot] = { resolve, reject, failure };
       this.outstanding += 1;
       if (!this.flushQueued) {
@@ -94,7 +96,7 @@ export class NativeQueue {
       if (typeof value === 'string') waiter.reject(waiter.failure(value));
       else waiter.resolve(value as Buffer);
     }
-    if (this.outstanding === 0) this.addon.idle();
+    if (this.outstanding === 0) this.addon.idle(this.handle);
   }
 }
 

@@ -340,13 +340,15 @@ static void queue_cleanup(void *arg) {
   uv_close((uv_handle_t *)&q->async, queue_closed);
 }
 
-static queue_t *the_queue(napi_env env) {
+/* The queue an External made by start() holds (each start() makes its own: module
+   registries such as jest's may load the JavaScript side more than once per process). */
+static queue_t *queue_arg(napi_env env, napi_value value) {
   void *data = NULL;
-  napi_get_instance_data(env, &data);
+  if (napi_get_value_external(env, value, &data) != napi_ok) return NULL;
   return data;
 }
 
-/* start(threads: number, onDone: (results: Array<number | Buffer | string>) => void): starts the batched queue once. */
+/* start(threads: number, onDone: (results: Array<number | Buffer | string>) => void): External — a new batched queue. */
 static napi_value start(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
@@ -358,7 +360,6 @@ static napi_value start(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, NULL, "start(threads, onDone) got bad arguments");
     return NULL;
   }
-  if (the_queue(env) != NULL) { napi_throw_error(env, NULL, "the queue is already started"); return NULL; }
   queue_t *q = calloc(1, sizeof *q);
   if (q == NULL) { napi_throw_error(env, NULL, "out of memory"); return NULL; }
   q->env = env;
@@ -378,24 +379,25 @@ static napi_value start(napi_env env, napi_callback_info info) {
     if (uv_thread_create(&q->threads[i], queue_worker, q) != 0) break;
     q->thread_count++;
   }
-  NAPI_CALL(env, napi_set_instance_data(env, q, NULL, NULL));
+  /* The queue lives until the environment ends (its threads and handle are stopped then). */
   NAPI_CALL(env, napi_add_env_cleanup_hook(env, queue_cleanup, q));
   if (q->thread_count == 0) { napi_throw_error(env, NULL, "cannot start worker threads"); return NULL; }
-  return NULL;
+  napi_value external;
+  NAPI_CALL(env, napi_create_external(env, q, NULL, NULL, &external));
+  return external;
 }
 
-/* submit(key: External, op, hash, input: Buffer, slot: number): queued until flush(). */
+/* submit(queue: External, key: External, op, hash, input: Buffer, slot: number): queued until flush(). */
 static napi_value submit(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
+  size_t argc = 6;
+  napi_value argv[6];
   NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  queue_t *q = the_queue(env);
+  queue_t *q = argc < 6 ? NULL : queue_arg(env, argv[0]);
   void *pkey; int32_t op, hash; uint32_t slot; void *input; size_t input_len;
-  if (q == NULL) { napi_throw_error(env, NULL, "submit() before start()"); return NULL; }
-  if (argc < 5 || napi_get_value_external(env, argv[0], &pkey) != napi_ok ||
-      napi_get_value_int32(env, argv[1], &op) != napi_ok || napi_get_value_int32(env, argv[2], &hash) != napi_ok ||
-      napi_get_buffer_info(env, argv[3], &input, &input_len) != napi_ok || napi_get_value_uint32(env, argv[4], &slot) != napi_ok) {
-    napi_throw_type_error(env, NULL, "submit(key, op, hash, input, slot) got bad arguments");
+  if (q == NULL || napi_get_value_external(env, argv[1], &pkey) != napi_ok ||
+      napi_get_value_int32(env, argv[2], &op) != napi_ok || napi_get_value_int32(env, argv[3], &hash) != napi_ok ||
+      napi_get_buffer_info(env, argv[4], &input, &input_len) != napi_ok || napi_get_value_uint32(env, argv[5], &slot) != napi_ok) {
+    napi_throw_type_error(env, NULL, "submit(queue, key, op, hash, input, slot) got bad arguments");
     return NULL;
   }
   if (op < OP_RSA_PKCS1 || op > OP_DECRYPT_OAEP_SHA256 || hash < HASH_NONE || hash > HASH_SHA512 ||
@@ -419,10 +421,16 @@ static napi_value submit(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* flush(): hands every submitted operation to the workers at once. */
+static queue_t *only_queue_arg(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1) return NULL;
+  return queue_arg(env, argv[0]);
+}
+
+/* flush(queue): hands every submitted operation to the workers at once. */
 static napi_value flush(napi_env env, napi_callback_info info) {
-  (void)info;
-  queue_t *q = the_queue(env);
+  queue_t *q = only_queue_arg(env, info);
   if (q == NULL || q->local_head == NULL) return NULL;
   int jobs = 0;
   for (job_t *job = q->local_head; job && jobs < q->thread_count; job = job->next) jobs++;
@@ -439,10 +447,9 @@ static napi_value flush(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* idle(): no operation is in the queue's hands any more, so the wake-up handle stops keeping the process alive. */
+/* idle(queue): no operation is in the queue's hands any more, so the wake-up handle stops keeping the process alive. */
 static napi_value idle(napi_env env, napi_callback_info info) {
-  (void)info;
-  queue_t *q = the_queue(env);
+  queue_t *q = only_queue_arg(env, info);
   if (q != NULL) uv_unref((uv_handle_t *)&q->async);
   return NULL;
 }

@@ -69,12 +69,16 @@ export class FairScheduler {
   /**
    * Runs `start(remainingMs)` when the backend has a free slot and it is this session's
    * turn. The slot is held until the promise `start` returns settles; `remainingMs` is
-   * what is left of `timeoutMs` when it starts.
+   * what is left of `timeoutMs` when it starts. The returned promise rejects with
+   * TimeoutError when `timeoutMs` passes first, whether the call was still waiting for a
+   * slot (it then never runs) or running (it keeps its slot until it returns: native and
+   * HSM calls cannot be cancelled). One timer and one promise per call cover both.
    */
   run<T>(backend: object, session: object, timeoutMs: number, what: string, start: (remainingMs: number) => Promise<T>, cost = 1): Promise<T> {
     const queue = this.queueFor(backend);
     return new Promise<T>((resolve, reject) => {
       const deadline = Date.now() + timeoutMs;
+      let settled = false;
       const task: Task = {
         deadline,
         cost,
@@ -88,14 +92,45 @@ export class FairScheduler {
           } catch (err) {
             call = Promise.reject(err);
           }
-          call.then(resolve, reject).finally(() => {
+          const release = () => {
             queue.running.delete(slot);
             queue.load = queue.running.size === 0 ? 0 : queue.load - cost;
             this.pump(queue);
-          });
+          };
+          call.then(
+            (value) => {
+              release();
+              if (settled) return;
+              settled = true;
+              clearTimeout(task.timer);
+              resolve(value);
+            },
+            (err: unknown) => {
+              release();
+              if (settled) return;
+              settled = true;
+              clearTimeout(task.timer);
+              reject(err);
+            },
+          );
         },
-        expire: () => reject(new TimeoutError(`${what}: no backend slot within ${timeoutMs} ms`)),
+        expire: () => {
+          settled = true;
+          reject(new TimeoutError(`${what}: no backend slot within ${timeoutMs} ms`));
+        },
       };
+      task.timer = setTimeout(() => {
+        if (settled) return;
+        const waiting = queue.sessions.get(session);
+        if (waiting?.delete(task)) {
+          // Still queued: it never reaches the backend.
+          if (waiting.size === 0) queue.sessions.delete(session);
+          task.expire();
+          return;
+        }
+        settled = true;
+        reject(new TimeoutError(`${what} did not finish within ${timeoutMs} ms`));
+      }, timeoutMs);
       if (queue.sessions.size === 0 && fits(queue, cost)) return task.start();
       let tasks = queue.sessions.get(session);
       if (!tasks) {
@@ -103,12 +138,6 @@ export class FairScheduler {
         queue.sessions.set(session, tasks);
       }
       tasks.add(task);
-      task.timer = setTimeout(() => {
-        const waiting = queue.sessions.get(session);
-        if (!waiting?.delete(task)) return;
-        if (waiting.size === 0) queue.sessions.delete(session);
-        task.expire();
-      }, timeoutMs);
     });
   }
 
@@ -151,9 +180,10 @@ export class FairScheduler {
       // This session had its turn: to the back of the line, if it has more.
       queue.sessions.delete(session);
       if (tasks.size > 0) queue.sessions.set(session, tasks);
-      clearTimeout(task.timer);
-      if (Date.now() >= task.deadline) task.expire();
-      else task.start();
+      if (Date.now() >= task.deadline) {
+        clearTimeout(task.timer);
+        task.expire();
+      } else task.start(); // its timer now bounds the running call
     }
   }
 }

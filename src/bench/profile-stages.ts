@@ -63,6 +63,8 @@ export function stageOf(functionName: string, url: string): Stage | undefined {
 export interface StageReport {
   readonly busyMs: number;
   readonly idleMs: number;
+  /** Module loading and start-up: not per request, left out of busyMs. */
+  readonly startupMs: number;
   readonly ms: ReadonlyMap<Stage, number>;
 }
 
@@ -73,39 +75,41 @@ export function splitProfile(profile: CpuProfile): StageReport {
     byId.set(node.id, node);
     for (const child of node.children ?? []) parent.set(child, node.id);
   }
-  const stageOfNode = new Map<number, Stage | 'idle'>();
-  const resolve = (id: number): Stage | 'idle' => {
+  const stageOfNode = new Map<number, Stage | 'idle' | 'startup'>();
+  const resolve = (id: number): Stage | 'idle' | 'startup' => {
     const known = stageOfNode.get(id);
     if (known) return known;
-    let stage: Stage | 'idle' = 'other JS';
+    let stage: Stage | 'idle' | 'startup' | undefined;
     for (let at: number | undefined = id; at !== undefined; at = parent.get(at)) {
       const { functionName, url } = byId.get(at)!.callFrame;
+      if (url.startsWith('node:internal/modules/') || url === 'node:internal/main/run_main_module') {
+        stage = 'startup'; // loading code, wherever it happens: not the request path
+        break;
+      }
       if (functionName === '(idle)') {
         stage = 'idle';
         break;
       }
-      const found = stageOf(functionName, url);
-      if (found) {
-        stage = found;
-        break;
-      }
+      stage ??= stageOf(functionName, url);
     }
-    stageOfNode.set(id, stage);
-    return stage;
+    stageOfNode.set(id, stage ?? 'other JS');
+    return stage ?? 'other JS';
   };
   const ms = new Map<Stage, number>();
   let idleMs = 0;
   let busyMs = 0;
+  let startupMs = 0;
   profile.samples.forEach((id, i) => {
     const dt = (profile.timeDeltas[i + 1] ?? profile.timeDeltas[i] ?? 0) / 1000;
     const stage = resolve(id);
     if (stage === 'idle') idleMs += dt;
+    else if (stage === 'startup') startupMs += dt;
     else {
       busyMs += dt;
       ms.set(stage, (ms.get(stage) ?? 0) + dt);
     }
   });
-  return { busyMs, idleMs, ms };
+  return { busyMs, idleMs, startupMs, ms };
 }
 
 /** A Markdown table: stage, ms of main-thread samples, µs per request, share. */
@@ -117,6 +121,7 @@ export function stageTable(report: StageReport, requests: number): string {
   }
   rows.push(`| **main thread busy** | ${report.busyMs.toFixed(0)} | **${((report.busyMs * 1000) / requests).toFixed(1)}** | 100% |`);
   rows.push(`| (idle) | ${report.idleMs.toFixed(0)} | | |`);
+  rows.push(`| (start-up: module loading, not counted) | ${report.startupMs.toFixed(0)} | | |`);
   return rows.join('\n');
 }
 

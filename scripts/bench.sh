@@ -113,7 +113,7 @@ run p256_1x1 --key demo-p256 --algorithm ECDSA_SHA256 --sessions 1 --inflight 1
 echo "== Cloudflare-compatible port vs keyless.v1, same server"
 for spec in rsa:demo-rsa2048:RSA_PKCS1_SHA256:4 p256:demo-p256:ECDSA_SHA256:16 ed25519:demo-ed25519:ED25519:16; do
   IFS=: read -r short name alg inflight <<< "$spec"
-  ski=$(ctl keys | awk -v n="$name" '$1==n {print $4}')
+  ski=$(ctl keys | awk -F'\t' -v n="$name" '$1==n {print $4}')
   run "v1_$short" --protocol keyless.v1 --key "$ski" --algorithm "$alg" --sessions 8 --inflight "$inflight"
   run "cf_$short" --protocol cloudflare --key "$ski" --algorithm "$alg" --sessions 8 --inflight "$inflight"
 done

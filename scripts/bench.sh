@@ -162,7 +162,7 @@ row() { # figure measured limit ratio target met
 }
 atleast() { awk -v r="$1" -v t="$2" 'BEGIN {print (r >= t) ? "yes" : "**no**"}'; }
 atmost() { awk -v r="$1" -v t="$2" 'BEGIN {print (r <= t) ? "yes" : "**no**"}'; }
-within() { awk -v r="$1" 'BEGIN {print (r >= 0.9 && r <= 1.1) || r > 1.1 ? "yes" : "**no**"}'; }
+within() { awk -v r="$1" 'BEGIN {print (r >= 0.9) ? "yes" : "**no**"}'; }  # the compat port at least 0.9 of keyless.v1; faster is fine
 echo "| figure | measured | limit (same run) | ratio | target | met |"
 echo "|---|---|---|---|---|---|"
 r=$(ratio "${R[p256.ops]}" "${R[ecdsa]}"); row "P-256 8x16" "${R[p256.ops]} /s" "openssl ${R[ecdsa]} /s" "$r" "≥ 0.40" "$(atleast "$r" 0.40)"

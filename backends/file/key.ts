@@ -4,7 +4,7 @@ import { describeScheme, keyTypeOf, type DecryptPadding, type SignScheme } from 
 import { describePublicKey, type PublicKeyInfo } from '../../src/core/crypto/keyid';
 import { CryptoFailureError, UnsupportedError } from '../../src/errors';
 import type { Backend, KeyHandle } from '../../src/core/keys/types';
-import { nativeAddon, NativeHash, NativeOp, type NativeKey } from './native';
+import { nativeAddon, nativeQueue, NativeHash, NativeOp, type NativeKey, type NativeQueue } from './native';
 
 const HASH_NUMBER = {
   'md5-sha1': NativeHash.none,
@@ -17,10 +17,13 @@ const HASH_NUMBER = {
 
 const SIGN_OP = { 'rsa-pkcs1': NativeOp.rsaPkcs1, 'rsa-pss': NativeOp.rsaPss, ecdsa: NativeOp.ecdsa, ed25519: NativeOp.ed25519 } as const;
 
-/** A key held in memory by the OpenSSL addon; operations run on the libuv pool. */
+/** A key held in memory by the OpenSSL addon; operations run on the addon's worker threads (NativeQueue). */
 export class FileKey implements KeyHandle {
   readonly publicKey: PublicKeyInfo;
   private readonly native: NativeKey;
+  private readonly queue: NativeQueue;
+  private readonly signatureFailed: (message: string) => Error;
+  private readonly decryptionFailed: (message: string) => Error;
 
   constructor(
     readonly name: string,
@@ -29,6 +32,10 @@ export class FileKey implements KeyHandle {
   ) {
     this.publicKey = describePublicKey(createPublicKey(privateKey).export({ format: 'der', type: 'spki' }));
     this.native = nativeAddon().loadKey(privateKey.export({ format: 'der', type: 'pkcs8' }));
+    this.queue = nativeQueue();
+    // Made once per key, not per request: the hot path allocates no closure for its failure.
+    this.signatureFailed = (message) => new CryptoFailureError(`signature with key ${this.name} failed: ${message}`);
+    this.decryptionFailed = (message) => new CryptoFailureError(`decryption with key ${this.name} failed: ${message}`);
   }
 
   sign(scheme: SignScheme, input: Buffer): Promise<Buffer> {
@@ -36,7 +43,7 @@ export class FileKey implements KeyHandle {
       return Promise.reject(new UnsupportedError(`key ${this.name} is ${this.publicKey.type}; it cannot sign ${describeScheme(scheme)}`));
     }
     const hash = scheme.kind === 'ed25519' ? NativeHash.none : HASH_NUMBER[scheme.hash];
-    return this.run(SIGN_OP[scheme.kind], hash, input, 'signature');
+    return this.queue.run(this.native, SIGN_OP[scheme.kind], hash, input, this.signatureFailed);
   }
 
   decrypt(padding: DecryptPadding, ciphertext: Buffer): Promise<Buffer> {
@@ -44,14 +51,6 @@ export class FileKey implements KeyHandle {
       return Promise.reject(new UnsupportedError(`key ${this.name} is ${this.publicKey.type}; only RSA keys decrypt`));
     }
     const op = padding === 'rsa-raw' ? NativeOp.decryptRaw : NativeOp.decryptOaepSha256;
-    return this.run(op, NativeHash.none, ciphertext, 'decryption');
-  }
-
-  private run(op: number, hash: number, input: Buffer, what: string): Promise<Buffer> {
-    return nativeAddon()
-      .run(this.native, op, hash, input)
-      .catch((err: Error) => {
-        throw new CryptoFailureError(`${what} with key ${this.name} failed: ${err.message}`);
-      });
+    return this.queue.run(this.native, op, NativeHash.none, ciphertext, this.decryptionFailed);
   }
 }

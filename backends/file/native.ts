@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { InstallationError } from '../../src/errors';
 import { packageRoot } from '../../src/util/package-root';
@@ -7,10 +8,17 @@ export const NativeOp = { rsaPkcs1: 0, rsaPss: 1, ecdsa: 2, ed25519: 3, decryptR
 export const NativeHash = { none: 0, sha1: 1, sha224: 2, sha256: 3, sha384: 4, sha512: 5 } as const;
 
 export type NativeKey = { readonly __nativeKey: unique symbol };
+export type NativeQueueHandle = { readonly __nativeQueue: unique symbol };
 
 interface NativeAddon {
   loadKey(pkcs8Der: Buffer): NativeKey;
+  /** One operation as its own libuv work item, settled by its own promise (tests, the CNG fake shim). */
   run(key: NativeKey, op: number, hash: number, input: Buffer): Promise<Buffer>;
+  /** The batched queue: `threads` workers; every result finished by a wake-up comes back in one onDone call. */
+  start(threads: number, onDone: (results: Array<number | Buffer | string>) => void): NativeQueueHandle;
+  submit(queue: NativeQueueHandle, key: NativeKey, op: number, hash: number, input: Buffer, slot: number): void;
+  flush(queue: NativeQueueHandle): void;
+  idle(queue: NativeQueueHandle): void;
 }
 
 let addon: NativeAddon | undefined;
@@ -26,4 +34,77 @@ export function nativeAddon(): NativeAddon {
     }
   }
   return addon;
+}
+
+interface Waiter {
+  resolve(value: Buffer): void;
+  reject(err: Error): void;
+  /** Turns the addon's error text into the error the caller sees (only on failure). */
+  readonly failure: (message: string) => Error;
+}
+
+/**
+ * Threads doing the file keys' private-key operations: one per core, at most libuv's pool
+ * size (UV_THREADPOOL_SIZE, 4 by default) that the fair scheduler's parallelism assumes.
+ * More threads than cores only add context switches: operations beyond them wait in the
+ * queue, in the order the scheduler released them.
+ */
+export const NATIVE_THREADS = Math.max(1, Math.min(Number(process.env.UV_THREADPOOL_SIZE) || 4, availableParallelism()));
+
+/**
+ * The file backend's path to the addon's batched queue. Operations submitted in one turn
+ * of the event loop go to the worker threads in one hand-off (flushed in a microtask, so
+ * after every request of the TLS chunk being read has been dispatched), and every result
+ * finished by the time the main thread wakes comes back in one call, which settles each
+ * waiting promise. Slots are small integers reused through a free list.
+ */
+export class NativeQueue {
+  private readonly waiters: Array<Waiter | undefined> = [];
+  private readonly free: number[] = [];
+  private outstanding = 0;
+  private flushQueued = false;
+  private readonly handle: NativeQueueHandle;
+  private readonly flush = (): void => {
+    this.flushQueued = false;
+    this.addon.flush(this.handle);
+  };
+
+  constructor(private readonly addon: NativeAddon = nativeAddon()) {
+    this.handle = addon.start(NATIVE_THREADS, (results) => this.deliver(results));
+  }
+
+  run(key: NativeKey, op: number, hash: number, input: Buffer, failure: (message: string) => Error): Promise<Buffer> {
+    return new Promise<Buffer>((resolve, reject) => {
+      const slot = this.free.pop() ?? this.waiters.length;
+      this.addon.submit(this.handle, key, op, hash, input, slot); // throws on bad arguments: the promise rejects
+      this.waiters[slot] = { resolve, reject, failure };
+      this.outstanding += 1;
+      if (!this.flushQueued) {
+        this.flushQueued = true;
+        queueMicrotask(this.flush);
+      }
+    });
+  }
+
+  private deliver(results: Array<number | Buffer | string>): void {
+    for (let i = 0; i < results.length; i += 2) {
+      const slot = results[i] as number;
+      const waiter = this.waiters[slot]!;
+      this.waiters[slot] = undefined;
+      this.free.push(slot);
+      this.outstanding -= 1;
+      const value = results[i + 1]!;
+      if (typeof value === 'string') waiter.reject(waiter.failure(value));
+      else waiter.resolve(value as Buffer);
+    }
+    if (this.outstanding === 0) this.addon.idle(this.handle);
+  }
+}
+
+let queue: NativeQueue | undefined;
+
+/** The process's one batched queue, started on first use. */
+export function nativeQueue(): NativeQueue {
+  queue ??= new NativeQueue();
+  return queue;
 }

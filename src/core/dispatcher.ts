@@ -19,7 +19,6 @@ import type { Backend } from './keys/types';
 import type { Logger } from '../log';
 import type { Metrics } from '../metrics/metrics';
 import type { Membership, Operation, Policy } from './policy/policy';
-import { withTimeout } from '../util/timeout';
 import { DEFAULT_MAX_QUEUED, FairScheduler, backendParallelism, callCost } from './fair-scheduler';
 import type { RequestFacts, SessionInfo } from './request';
 
@@ -234,15 +233,14 @@ export class Dispatcher {
     const hung = this.scheduler.stalled(store, cost);
     if (hung !== undefined) throw new BackendUnavailableError(`backend ${store.name} has ${hung} calls past their deadline that have not returned; retry on another server`);
     const what = `${operation} with key ${key.handle.name} on backend ${store.name}`;
-    const call = this.scheduler.run(store, session, store.timeoutMs, what, () => {
+    return this.scheduler.run(store, session, store.timeoutMs, what, () => {
       this.outstanding.set(store, (this.outstanding.get(store) ?? 0) + 1);
       const started = process.hrtime.bigint();
       return work(key).finally(() => {
         this.outstanding.set(store, this.outstanding.get(store)! - 1);
         this.metrics.recordBackendCall(store.name, operation, Number(process.hrtime.bigint() - started) / 1e9);
       });
-    }, cost);
-    return withTimeout(call, store.timeoutMs, what);
+    }, cost); // the scheduler's one deadline covers the wait for a slot and the call itself (TimeoutError)
   }
 }
 

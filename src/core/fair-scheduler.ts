@@ -82,7 +82,10 @@ export class FairScheduler {
   /**
    * Runs `start(remainingMs)` when the backend has a free slot and it is this session's
    * turn. The slot is held until the promise `start` returns settles; `remainingMs` is
-   * what is left of `timeoutMs` when it starts.
+   * what is left of `timeoutMs` when it starts. The returned promise rejects with
+   * TimeoutError when `timeoutMs` passes first, whether the call was still waiting for a
+   * slot (it then never runs) or running (it keeps its slot until it returns: native and
+   * HSM calls cannot be cancelled). One timer and one promise per call cover both.
    *
    * Overload is shed at the door: when the calls already waiting on this backend cost
    * `maxQueued` or more, the call is refused at once with OVERLOADED instead of joining a
@@ -105,6 +108,7 @@ export class FairScheduler {
     }
     return new Promise<T>((resolve, reject) => {
       const deadline = Date.now() + timeoutMs;
+      let settled = false;
       const task: Task = {
         deadline,
         cost,
@@ -118,14 +122,46 @@ export class FairScheduler {
           } catch (err) {
             call = Promise.reject(err);
           }
-          call.then(resolve, reject).finally(() => {
+          const release = () => {
             queue.running.delete(slot);
             queue.load = queue.running.size === 0 ? 0 : queue.load - cost;
             this.pump(queue);
-          });
+          };
+          call.then(
+            (value) => {
+              release();
+              if (settled) return;
+              settled = true;
+              clearTimeout(task.timer);
+              resolve(value);
+            },
+            (err: unknown) => {
+              release();
+              if (settled) return;
+              settled = true;
+              clearTimeout(task.timer);
+              reject(err);
+            },
+          );
         },
-        expire: () => reject(new TimeoutError(`${what}: no backend slot within ${timeoutMs} ms`)),
+        expire: () => {
+          settled = true;
+          reject(new TimeoutError(`${what}: no backend slot within ${timeoutMs} ms`));
+        },
       };
+      task.timer = setTimeout(() => {
+        if (settled) return;
+        const waiting = queue.sessions.get(session);
+        if (waiting?.delete(task)) {
+          // Still queued: it never reaches the backend.
+          if (waiting.size === 0) queue.sessions.delete(session);
+          queue.queuedCost = queue.sessions.size === 0 ? 0 : queue.queuedCost - cost;
+          task.expire();
+          return;
+        }
+        settled = true;
+        reject(new TimeoutError(`${what} did not finish within ${timeoutMs} ms`));
+      }, timeoutMs);
       if (queue.sessions.size === 0 && fits(queue, cost)) return task.start();
       let tasks = queue.sessions.get(session);
       if (!tasks) {
@@ -134,13 +170,6 @@ export class FairScheduler {
       }
       tasks.add(task);
       queue.queuedCost += cost;
-      task.timer = setTimeout(() => {
-        const waiting = queue.sessions.get(session);
-        if (!waiting?.delete(task)) return;
-        if (waiting.size === 0) queue.sessions.delete(session);
-        queue.queuedCost = queue.sessions.size === 0 ? 0 : queue.queuedCost - cost;
-        task.expire();
-      }, timeoutMs);
     });
   }
 
@@ -180,14 +209,14 @@ export class FairScheduler {
       // Strict turns: the session whose turn it is waits for room rather than be overtaken.
       if (!fits(queue, task.cost)) return;
       tasks.delete(task);
-      queue.queuedCost -= task.cost;
       // This session had its turn: to the back of the line, if it has more.
       queue.sessions.delete(session);
       if (tasks.size > 0) queue.sessions.set(session, tasks);
-      else if (queue.sessions.size === 0) queue.queuedCost = 0; // no float drift left behind
-      clearTimeout(task.timer);
-      if (Date.now() >= task.deadline) task.expire();
-      else task.start();
+      queue.queuedCost = queue.sessions.size === 0 ? 0 : queue.queuedCost - task.cost; // no float drift left behind
+      if (Date.now() >= task.deadline) {
+        clearTimeout(task.timer);
+        task.expire();
+      } else task.start(); // its timer now bounds the running call
     }
   }
 }

@@ -11,11 +11,14 @@
  * external whose EVP_PKEY is freed by the garbage collector.
  */
 #include <node_api.h>
+#include <uv.h>
 #include <openssl/evp.h>
 #include <openssl/err.h>
 #include <openssl/rsa.h>
 #include <string.h>
 #include <stdlib.h>
+#include <stdint.h>
+#include <stdio.h>
 
 enum op_kind { OP_RSA_PKCS1 = 0, OP_RSA_PSS = 1, OP_ECDSA = 2, OP_ED25519 = 3, OP_DECRYPT_RAW = 4, OP_DECRYPT_OAEP_SHA256 = 5 };
 enum hash_id { HASH_NONE = 0, HASH_SHA1 = 1, HASH_SHA224 = 2, HASH_SHA256 = 3, HASH_SHA384 = 4, HASH_SHA512 = 5 };
@@ -28,7 +31,10 @@ enum hash_id { HASH_NONE = 0, HASH_SHA1 = 1, HASH_SHA224 = 2, HASH_SHA256 = 3, H
     }                                                          \
   } while (0)
 
-typedef struct {
+typedef struct job_s {
+  struct job_s *next;
+  /* Batched queue: the caller's slot number, handed back with the result. */
+  uint32_t slot;
   napi_async_work work;
   napi_deferred deferred;
   EVP_PKEY *pkey;
@@ -219,10 +225,243 @@ static napi_value run(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+
+/*
+ * The batched queue (start/submit/flush): the per-request hand-off of run() costs the
+ * event loop a napi_async_work, a promise, a thread wake-up per operation (each one a
+ * point where this 2-core machine preempts the main thread) and a callback into
+ * JavaScript per result. Here the main thread links operations into a list without any
+ * lock; flush() hands the whole list to the workers with one lock and one broadcast;
+ * workers keep taking operations while there are any; finished ones go on a done list,
+ * and one uv_async wake-up delivers every result finished by then to JavaScript in one
+ * call: onDone([slot, Buffer | error string, slot, …]).
+ */
+typedef struct {
+  uv_mutex_t lock;
+  uv_cond_t ready;
+  job_t *todo_head, *todo_tail;    /* shared with the workers, under lock */
+  job_t *done_head;                /* shared with the workers, under lock (LIFO, reversed on delivery) */
+  job_t *local_head, *local_tail;  /* main thread only: submitted, not yet flushed */
+  uv_async_t async;
+  uv_thread_t *threads;
+  int thread_count;
+  int idle_workers;                /* waiting on `ready`, under lock */
+  int stopping;
+  napi_env env;
+  napi_ref on_done;
+  napi_async_context context;
+} queue_t;
+
+static void queue_worker(void *arg) {
+  queue_t *q = arg;
+  for (;;) {
+    uv_mutex_lock(&q->lock);
+    while (q->todo_head == NULL && !q->stopping) {
+      q->idle_workers++;
+      uv_cond_wait(&q->ready, &q->lock);
+      q->idle_workers--;
+    }
+    if (q->todo_head == NULL) { uv_mutex_unlock(&q->lock); return; }
+    job_t *job = q->todo_head;
+    q->todo_head = job->next;
+    if (q->todo_head == NULL) q->todo_tail = NULL;
+    uv_mutex_unlock(&q->lock);
+    execute(NULL, job);
+    uv_mutex_lock(&q->lock);
+    job->next = q->done_head;
+    q->done_head = job;
+    uv_mutex_unlock(&q->lock);
+    uv_async_send(&q->async); /* coalesced by libuv: one wake-up for many results */
+  }
+}
+
+static void free_job(job_t *job) {
+  EVP_PKEY_free(job->pkey);
+  if (job->output) { OPENSSL_cleanse(job->output, job->output_len); free(job->output); }
+  free(job->input);
+  free(job);
+}
+
+static void queue_deliver(uv_async_t *handle) {
+  queue_t *q = handle->data;
+  uv_mutex_lock(&q->lock);
+  job_t *done = q->done_head;
+  q->done_head = NULL;
+  uv_mutex_unlock(&q->lock);
+  if (done == NULL) return;
+  /* Oldest first. */
+  job_t *ordered = NULL;
+  uint32_t count = 0;
+  while (done) { job_t *next = done->next; done->next = ordered; ordered = done; done = next; count++; }
+  napi_env env = q->env;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value results, callback, global, value, slot;
+  int ok = napi_create_array_with_length(env, count * 2, &results) == napi_ok;
+  uint32_t i = 0;
+  for (job_t *job = ordered; job; job = job->next, i += 2) {
+    if (!ok) continue;
+    napi_create_uint32(env, job->slot, &slot);
+    if (job->output != NULL && job->error[0] == '\0') {
+      void *dest;
+      if (napi_create_buffer_copy(env, job->output_len, job->output, &dest, &value) != napi_ok) napi_create_string_utf8(env, "out of memory", NAPI_AUTO_LENGTH, &value);
+    } else {
+      napi_create_string_utf8(env, job->error[0] ? job->error : "operation failed", NAPI_AUTO_LENGTH, &value);
+    }
+    napi_set_element(env, results, i, slot);
+    napi_set_element(env, results, i + 1, value);
+  }
+  while (ordered) { job_t *next = ordered->next; free_job(ordered); ordered = next; }
+  if (ok && napi_get_reference_value(env, q->on_done, &callback) == napi_ok && napi_get_global(env, &global) == napi_ok) {
+    /* make_callback: runs the microtasks (the promises it settles) before returning to libuv. */
+    napi_make_callback(env, q->context, global, callback, 1, &results, NULL);
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+static void queue_closed(uv_handle_t *handle) {
+  free(handle->data);
+}
+
+static void queue_cleanup(void *arg) {
+  queue_t *q = arg;
+  uv_mutex_lock(&q->lock);
+  q->stopping = 1;
+  uv_cond_broadcast(&q->ready);
+  uv_mutex_unlock(&q->lock);
+  for (int i = 0; i < q->thread_count; i++) uv_thread_join(&q->threads[i]);
+  free(q->threads);
+  job_t *lists[3] = { q->todo_head, q->done_head, q->local_head };
+  for (int l = 0; l < 3; l++) for (job_t *job = lists[l]; job;) { job_t *next = job->next; free_job(job); job = next; }
+  napi_delete_reference(q->env, q->on_done);
+  napi_async_destroy(q->env, q->context);
+  uv_mutex_destroy(&q->lock);
+  uv_cond_destroy(&q->ready);
+  uv_close((uv_handle_t *)&q->async, queue_closed);
+}
+
+/* The queue an External made by start() holds (each start() makes its own: module
+   registries such as jest's may load the JavaScript side more than once per process). */
+static queue_t *queue_arg(napi_env env, napi_value value) {
+  void *data = NULL;
+  if (napi_get_value_external(env, value, &data) != napi_ok) return NULL;
+  return data;
+}
+
+/* start(threads: number, onDone: (results: Array<number | Buffer | string>) => void): External — a new batched queue. */
+static napi_value start(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t threads;
+  napi_valuetype type;
+  if (argc < 2 || napi_get_value_int32(env, argv[0], &threads) != napi_ok || threads < 1 || threads > 256 ||
+      napi_typeof(env, argv[1], &type) != napi_ok || type != napi_function) {
+    napi_throw_type_error(env, NULL, "start(threads, onDone) got bad arguments");
+    return NULL;
+  }
+  queue_t *q = calloc(1, sizeof *q);
+  if (q == NULL) { napi_throw_error(env, NULL, "out of memory"); return NULL; }
+  q->env = env;
+  uv_loop_t *loop;
+  napi_value name;
+  NAPI_CALL(env, napi_get_uv_event_loop(env, &loop));
+  NAPI_CALL(env, napi_create_reference(env, argv[1], 1, &q->on_done));
+  NAPI_CALL(env, napi_create_string_utf8(env, "keyless_openssl_queue", NAPI_AUTO_LENGTH, &name));
+  NAPI_CALL(env, napi_async_init(env, NULL, name, &q->context));
+  uv_mutex_init(&q->lock);
+  uv_cond_init(&q->ready);
+  uv_async_init(loop, &q->async, queue_deliver);
+  q->async.data = q;
+  uv_unref((uv_handle_t *)&q->async); /* an idle queue does not keep the process alive */
+  q->threads = calloc((size_t)threads, sizeof *q->threads);
+  for (int i = 0; i < threads; i++) {
+    if (uv_thread_create(&q->threads[i], queue_worker, q) != 0) break;
+    q->thread_count++;
+  }
+  /* The queue lives until the environment ends (its threads and handle are stopped then). */
+  NAPI_CALL(env, napi_add_env_cleanup_hook(env, queue_cleanup, q));
+  if (q->thread_count == 0) { napi_throw_error(env, NULL, "cannot start worker threads"); return NULL; }
+  napi_value external;
+  NAPI_CALL(env, napi_create_external(env, q, NULL, NULL, &external));
+  return external;
+}
+
+/* submit(queue: External, key: External, op, hash, input: Buffer, slot: number): queued until flush(). */
+static napi_value submit(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  queue_t *q = argc < 6 ? NULL : queue_arg(env, argv[0]);
+  void *pkey; int32_t op, hash; uint32_t slot; void *input; size_t input_len;
+  if (q == NULL || napi_get_value_external(env, argv[1], &pkey) != napi_ok ||
+      napi_get_value_int32(env, argv[2], &op) != napi_ok || napi_get_value_int32(env, argv[3], &hash) != napi_ok ||
+      napi_get_buffer_info(env, argv[4], &input, &input_len) != napi_ok || napi_get_value_uint32(env, argv[5], &slot) != napi_ok) {
+    napi_throw_type_error(env, NULL, "submit(queue, key, op, hash, input, slot) got bad arguments");
+    return NULL;
+  }
+  if (op < OP_RSA_PKCS1 || op > OP_DECRYPT_OAEP_SHA256 || hash < HASH_NONE || hash > HASH_SHA512 ||
+      ((op == OP_RSA_PSS) && hash == HASH_NONE)) {
+    napi_throw_range_error(env, NULL, "unknown operation or hash");
+    return NULL;
+  }
+  job_t *job = calloc(1, sizeof *job);
+  if (job == NULL) { napi_throw_error(env, NULL, "out of memory"); return NULL; }
+  job->input = malloc(input_len ? input_len : 1);
+  if (job->input == NULL) { free(job); napi_throw_error(env, NULL, "out of memory"); return NULL; }
+  memcpy(job->input, input, input_len);
+  job->input_len = input_len;
+  job->op = op;
+  job->hash = hash;
+  job->slot = slot;
+  job->pkey = pkey;
+  EVP_PKEY_up_ref(job->pkey);
+  if (q->local_tail) q->local_tail->next = job; else q->local_head = job;
+  q->local_tail = job;
+  return NULL;
+}
+
+static queue_t *only_queue_arg(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1) return NULL;
+  return queue_arg(env, argv[0]);
+}
+
+/* flush(queue): hands every submitted operation to the workers at once. */
+static napi_value flush(napi_env env, napi_callback_info info) {
+  queue_t *q = only_queue_arg(env, info);
+  if (q == NULL || q->local_head == NULL) return NULL;
+  int jobs = 0;
+  for (job_t *job = q->local_head; job && jobs < q->thread_count; job = job->next) jobs++;
+  uv_mutex_lock(&q->lock);
+  if (q->todo_tail) q->todo_tail->next = q->local_head; else q->todo_head = q->local_head;
+  q->todo_tail = q->local_tail;
+  /* Wake only as many idle workers as there are new operations: a busy worker takes the
+     next one itself, and every needless wake-up is a context switch on a small machine. */
+  for (int wake = jobs < q->idle_workers ? jobs : q->idle_workers; wake > 0; wake--) uv_cond_signal(&q->ready);
+  uv_mutex_unlock(&q->lock);
+  q->local_head = q->local_tail = NULL;
+  /* While results are awaited the loop must stay alive; ref() is idempotent and cheap. */
+  uv_ref((uv_handle_t *)&q->async);
+  return NULL;
+}
+
+/* idle(queue): no operation is in the queue's hands any more, so the wake-up handle stops keeping the process alive. */
+static napi_value idle(napi_env env, napi_callback_info info) {
+  queue_t *q = only_queue_arg(env, info);
+  if (q != NULL) uv_unref((uv_handle_t *)&q->async);
+  return NULL;
+}
+
 NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   napi_property_descriptor props[] = {
     { "loadKey", NULL, load_key, NULL, NULL, NULL, napi_default, NULL },
     { "run", NULL, run, NULL, NULL, NULL, napi_default, NULL },
+    { "start", NULL, start, NULL, NULL, NULL, napi_default, NULL },
+    { "submit", NULL, submit, NULL, NULL, NULL, napi_default, NULL },
+    { "flush", NULL, flush, NULL, NULL, NULL, napi_default, NULL },
+    { "idle", NULL, idle, NULL, NULL, NULL, napi_default, NULL },
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

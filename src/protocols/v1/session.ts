@@ -1,14 +1,14 @@
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
-import { KeylessError, toKeylessError } from '../../errors';
+import { BadRequestError, KeylessError, toKeylessError } from '../../errors';
 import type { keyless } from '../../gen/keyless';
 import type { Logger } from '../../log';
 import type { Metrics } from '../../metrics/metrics';
-import { decodeRequest, encodeResponse, errorResponse, type RequestMessage } from './codec';
-import { interpretRequest, requestContext } from './operation';
+import { decodeRequest, encodeBytesResponse, encodeResponse, errorResponse, ResponseBytesField, type RequestMessage } from './codec';
+import { interpretRequest, requestContext, type V1Operation } from './operation';
 import type { Dispatcher } from '../../core/dispatcher';
 import { keyInfoMessage } from './key-info';
-import type { SessionInfo } from '../../core/request';
+import type { RequestFacts, SessionInfo } from '../../core/request';
 import type { LogLimiter } from '../../util/log-limiter';
 import { SendBackpressure } from '../../transport/backpressure';
 
@@ -53,16 +53,47 @@ export class V1Session {
       return this.closeForProtocolError('undecodable', CloseCode.protocolError, 'frame is not a keyless.v1 Request');
     }
     const id = request.id;
+    // Signatures and decryptions, nearly every request, go straight to the dispatcher and
+    // their answer is written by the fast encoder; the rest take the general path.
+    if (request.op === 'sign' || request.op === 'decrypt') {
+      const field = request.op === 'sign' ? ResponseBytesField.signature : ResponseBytesField.plaintext;
+      this.bytesAnswer(request).then(
+        (bytes) => this.send(encodeBytesResponse(id, field, bytes)),
+        (err: unknown) => this.fail(id, err),
+      );
+      return;
+    }
     this.answer(request).then(
       (answer) => this.send(encodeResponse({ id, ...answer })),
-      (err: unknown) => {
-        const failure = toKeylessError(err);
-        // A KeylessError was already judged (and an INTERNAL one logged) where it was made, in
-        // the dispatcher; only a failure of this session's own code is logged here.
-        if (!(err instanceof KeylessError)) this.logger.error({ err, session: this.info.id }, 'request failed with an internal error');
-        this.send(errorResponse(id, failure.code, failure.code === 'INTERNAL' ? 'internal error' : failure.message));
-      },
+      (err: unknown) => this.fail(id, err),
     );
+  }
+
+  private fail(id: RequestMessage['id'], err: unknown): void {
+    const failure = toKeylessError(err);
+    // A KeylessError was already judged (and an INTERNAL one logged) where it was made, in
+    // the dispatcher; only a failure of this session's own code is logged here.
+    if (!(err instanceof KeylessError)) this.logger.error({ err, session: this.info.id }, 'request failed with an internal error');
+    this.send(errorResponse(id, failure.code, failure.code === 'INTERNAL' ? 'internal error' : failure.message));
+  }
+
+  /** A sign or decrypt request as a dispatcher call, or a rejected promise for a bad request. */
+  private bytesAnswer(request: RequestMessage): Promise<Buffer> {
+    let operation: V1Operation;
+    let facts: RequestFacts | undefined;
+    try {
+      operation = interpretRequest(request);
+      facts = requestContext(request);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (operation.kind === 'sign') {
+      return this.dispatcher.sign(this.info, operation.key, operation.algorithm, operation.scheme, operation.input, facts);
+    }
+    if (operation.kind === 'decrypt') {
+      return this.dispatcher.decrypt(this.info, operation.key, operation.padding, operation.ciphertext, facts);
+    }
+    return Promise.reject(new BadRequestError('the request carries no operation'));
   }
 
   private async answer(request: RequestMessage): Promise<Answer> {

@@ -2,9 +2,9 @@ import { OverloadedError, TimeoutError } from '../errors';
 
 /**
  * What the file backend runs at once, in RSA-private-operation units: its work runs on
- * libuv's thread pool (UV_THREADPOOL_SIZE, 4 by default), so more RSA operations than
- * threads would only queue inside the pool, first come first served, where one session's
- * backlog delays everyone.
+ * at most UV_THREADPOOL_SIZE (4 by default) signing threads of its native queue
+ * (backends/file/native.ts), so more RSA operations than threads would only queue inside
+ * it, first come first served, where one session's backlog delays everyone.
  */
 export const DEFAULT_PARALLELISM = Math.max(1, Number(process.env.UV_THREADPOOL_SIZE) || 4);
 

@@ -6,6 +6,7 @@ import type { Logger } from '../../log';
 import type { Metrics } from '../../metrics/metrics';
 import type { Dispatcher } from '../../core/dispatcher';
 import { sessionFor, type SessionInfo } from '../../core/request';
+import { TurnCoalescer } from '../../transport/coalesce';
 import { SendBackpressure } from '../../transport/backpressure';
 import { connectionLimits, guardTlsServer } from '../../transport/tls';
 import type { LogLimiter } from '../../util/log-limiter';
@@ -88,8 +89,10 @@ export class CompatListener {
     this.metrics.sessionsActive.inc({ listener: LISTENER });
     const reader = new FrameReader();
     const backpressure = new SendBackpressure(socket, socket, () => socket.writableLength, this.options.maxSendBufferBytes, () => !this.draining, this.metrics, LISTENER);
+    const writes = new TurnCoalescer(socket);
     const send = (frame: Buffer) => {
       if (socket.destroyed) return;
+      writes.beforeWrite();
       socket.write(frame);
       backpressure.written();
     };

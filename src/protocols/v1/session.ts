@@ -11,6 +11,7 @@ import { keyInfoMessage } from './key-info';
 import type { RequestFacts, SessionInfo } from '../../core/request';
 import type { LogLimiter } from '../../util/log-limiter';
 import { SendBackpressure } from '../../transport/backpressure';
+import { TurnCoalescer } from '../../transport/coalesce';
 
 /** WebSocket close codes (RFC 6455 §7.4.1). */
 export const CloseCode = { goingAway: 1001, protocolError: 1002, unsupportedData: 1003, tooBig: 1009 } as const;
@@ -23,14 +24,14 @@ type Answer = Omit<keyless.v1.Response.$Properties, 'id'>;
  * cannot be decoded cannot be answered by id, so it closes this session (1002) only.
  */
 export class V1Session {
-  private corked = false;
   private stopped = false;
   private readonly backpressure: SendBackpressure;
+  private readonly writes: TurnCoalescer;
 
   constructor(
     private readonly ws: WebSocket,
     /** The connection under `ws`, as the HTTP server's upgrade handed it over: corked and watched for drain. */
-    private readonly socket: Pick<Socket, 'cork' | 'uncork' | 'once'>,
+    socket: Pick<Socket, 'cork' | 'uncork' | 'once'>,
     readonly info: SessionInfo,
     private readonly dispatcher: Dispatcher,
     private readonly metrics: Metrics,
@@ -39,6 +40,7 @@ export class V1Session {
     /** Rate limit for the protocol-error lines a client can cause at will. */
     private readonly logs?: LogLimiter,
   ) {
+    this.writes = new TurnCoalescer(socket);
     this.backpressure = new SendBackpressure(socket, ws, () => ws.bufferedAmount, maxSendBuffer, () => !this.stopped, metrics, info.listener);
     ws.on('message', (data, isBinary) => this.onMessage(data as Buffer, isBinary));
   }
@@ -115,15 +117,7 @@ export class V1Session {
 
   private send(bytes: Uint8Array): void {
     if (this.ws.readyState !== this.ws.OPEN) return;
-    // Responses that complete in the same tick leave in one write instead of one syscall each.
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      process.nextTick(() => {
-        this.corked = false;
-        this.socket.uncork();
-      });
-    }
+    this.writes.beforeWrite();
     this.ws.send(bytes);
     this.backpressure.written();
   }

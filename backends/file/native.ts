@@ -12,8 +12,6 @@ export type NativeQueueHandle = { readonly __nativeQueue: unique symbol };
 
 interface NativeAddon {
   loadKey(pkcs8Der: Buffer): NativeKey;
-  /** One operation as its own libuv work item, settled by its own promise (tests, the CNG fake shim). */
-  run(key: NativeKey, op: number, hash: number, input: Buffer): Promise<Buffer>;
   /** The batched queue: `threads` workers; every result finished by a wake-up comes back in one onDone call. */
   start(threads: number, onDone: (results: Array<number | Buffer | string>) => void): NativeQueueHandle;
   submit(queue: NativeQueueHandle, key: NativeKey, op: number, hash: number, input: Buffer, slot: number): void;

@@ -15,12 +15,14 @@
 import { createPrivateKey, type KeyObject } from 'node:crypto';
 import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { nativeAddon, NativeHash, NativeOp, type NativeKey } from '../../backends/file/native';
+import { nativeAddon, nativeQueue, NativeHash, NativeOp, type NativeKey } from '../../backends/file/native';
+import { CryptoFailureError } from '../../src/errors';
 import { CngHash, CngOperation, CngPadding, CngStatus, decodeRequest, encodeResponse, FrameReader, type CngRequest, type CngResponse } from '../../backends/cng/codec';
 import { HASH_LENGTH, type HashName } from '../../src/core/crypto/hashes';
 import { publicBlob } from './blobs';
 
 const NTE_BAD_KEYSET = 0x80090016;
+const signingFailed = (message: string) => new CryptoFailureError(message);
 const HASHES: Readonly<Record<number, [HashName, number]>> = {
   [CngHash.md5Sha1]: ['md5-sha1', NativeHash.none],
   [CngHash.sha1]: ['sha1', NativeHash.sha1],
@@ -76,7 +78,7 @@ async function sign(request: CngRequest, found: { key: KeyObject; native: Native
   if (!hash) return fail(request.id, CngStatus.unsupported, 0, 'unknown hash id');
   if (request.payload.length !== HASH_LENGTH[hash[0]]) return fail(request.id, CngStatus.badInput, 0, 'digest length does not match the hash');
   const op = request.padding === CngPadding.pkcs1 ? NativeOp.rsaPkcs1 : request.padding === CngPadding.pss ? NativeOp.rsaPss : NativeOp.ecdsa;
-  const signature = await nativeAddon().run(found.native, op, hash[1], request.payload);
+  const signature = await nativeQueue().run(found.native, op, hash[1], request.payload, signingFailed);
   if (op !== NativeOp.ecdsa) return { id: request.id, status: CngStatus.ok, data: signature };
   return { id: request.id, status: CngStatus.ok, data: derToRaw(signature, CURVE_BYTES[found.key.asymmetricKeyDetails!.namedCurve!]!) };
 }
@@ -94,7 +96,7 @@ async function answer(request: CngRequest): Promise<CngResponse> {
         if (request.operation === CngOperation.publicKey) return { id: request.id, status: CngStatus.ok, data: publicBlob(found.key) };
         if (request.operation === CngOperation.sign) return await sign(request, found);
         const op = request.padding === CngPadding.raw ? NativeOp.decryptRaw : NativeOp.decryptOaepSha256;
-        return { id: request.id, status: CngStatus.ok, data: await nativeAddon().run(found.native, op, NativeHash.none, request.payload) };
+        return { id: request.id, status: CngStatus.ok, data: await nativeQueue().run(found.native, op, NativeHash.none, request.payload, signingFailed) };
       } catch (err) {
         return fail(request.id, CngStatus.cryptoFailure, 0x80090005, (err as Error).message);
       }

@@ -1,5 +1,5 @@
 /*
- * Private-key operations on OpenSSL keys, run as async work on the libuv pool.
+ * Private-key operations on OpenSSL keys, run on the addon's own signing threads.
  *
  * Why this exists: Node's crypto.sign() always hashes its input, so it cannot sign a
  * digest that arrives over the wire (ECDSA, RSA-PSS), and its synchronous calls would
@@ -35,8 +35,6 @@ typedef struct job_s {
   struct job_s *next;
   /* Batched queue: the caller's slot number, handed back with the result. */
   uint32_t slot;
-  napi_async_work work;
-  napi_deferred deferred;
   EVP_PKEY *pkey;
   int op;
   int hash;
@@ -133,33 +131,10 @@ done:
   return ok;
 }
 
-static void execute(napi_env env, void *data) {
-  (void)env;
-  job_t *job = data;
+/* Runs one job on a signing thread; the result or the error stays in the job. */
+static void execute(job_t *job) {
   ERR_clear_error();
   if (job->op == OP_ED25519) run_ed25519(job); else run_pkey_ctx_op(job);
-}
-
-static void complete(napi_env env, napi_status status, void *data) {
-  job_t *job = data;
-  napi_value result;
-  if (status == napi_ok && job->output != NULL && job->error[0] == '\0') {
-    void *dest;
-    if (napi_create_buffer_copy(env, job->output_len, job->output, &dest, &result) == napi_ok) {
-      napi_resolve_deferred(env, job->deferred, result);
-    }
-  } else {
-    napi_value message;
-    const char *text = job->error[0] ? job->error : "operation cancelled";
-    napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &message);
-    napi_create_error(env, NULL, message, &result);
-    napi_reject_deferred(env, job->deferred, result);
-  }
-  napi_delete_async_work(env, job->work);
-  EVP_PKEY_free(job->pkey);
-  if (job->output) { OPENSSL_cleanse(job->output, job->output_len); free(job->output); }
-  free(job->input);
-  free(job);
 }
 
 static void finalize_key(napi_env env, void *data, void *hint) {
@@ -189,46 +164,9 @@ static napi_value load_key(napi_env env, napi_callback_info info) {
   return external;
 }
 
-/* run(key: External, op: number, hash: number, input: Buffer): Promise<Buffer> */
-static napi_value run(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
-  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  void *pkey; int32_t op, hash; void *input; size_t input_len;
-  if (argc < 4 || napi_get_value_external(env, argv[0], &pkey) != napi_ok ||
-      napi_get_value_int32(env, argv[1], &op) != napi_ok || napi_get_value_int32(env, argv[2], &hash) != napi_ok ||
-      napi_get_buffer_info(env, argv[3], &input, &input_len) != napi_ok) {
-    napi_throw_type_error(env, NULL, "run(key, op, hash, input) got bad arguments");
-    return NULL;
-  }
-  if (op < OP_RSA_PKCS1 || op > OP_DECRYPT_OAEP_SHA256 || hash < HASH_NONE || hash > HASH_SHA512 ||
-      ((op == OP_RSA_PSS) && hash == HASH_NONE)) {
-    napi_throw_range_error(env, NULL, "unknown operation or hash");
-    return NULL;
-  }
-  job_t *job = calloc(1, sizeof *job);
-  if (job == NULL) { napi_throw_error(env, NULL, "out of memory"); return NULL; }
-  job->input = malloc(input_len ? input_len : 1);
-  if (job->input == NULL) { free(job); napi_throw_error(env, NULL, "out of memory"); return NULL; }
-  memcpy(job->input, input, input_len);
-  job->input_len = input_len;
-  job->op = op;
-  job->hash = hash;
-  job->pkey = pkey;
-  EVP_PKEY_up_ref(job->pkey);
-
-  napi_value promise, name;
-  NAPI_CALL(env, napi_create_promise(env, &job->deferred, &promise));
-  NAPI_CALL(env, napi_create_string_utf8(env, "keyless_openssl", NAPI_AUTO_LENGTH, &name));
-  NAPI_CALL(env, napi_create_async_work(env, NULL, name, execute, complete, job, &job->work));
-  NAPI_CALL(env, napi_queue_async_work(env, job->work));
-  return promise;
-}
-
-
 /*
- * The batched queue (start/submit/flush): the per-request hand-off of run() costs the
- * event loop a napi_async_work, a promise, a thread wake-up per operation (each one a
+ * The batched queue (start/submit/flush). A per-request hand-off (what this addon did
+ * before: napi_async_work on the libuv pool) costs the event loop a napi_async_work, a promise, a thread wake-up per operation (each one a
  * point where this 2-core machine preempts the main thread) and a callback into
  * JavaScript per result. Here the main thread links operations into a list without any
  * lock; flush() hands the whole list to the workers with one lock and one broadcast;
@@ -266,7 +204,7 @@ static void queue_worker(void *arg) {
     q->todo_head = job->next;
     if (q->todo_head == NULL) q->todo_tail = NULL;
     uv_mutex_unlock(&q->lock);
-    execute(NULL, job);
+    execute(job);
     uv_mutex_lock(&q->lock);
     job->next = q->done_head;
     q->done_head = job;
@@ -457,7 +395,6 @@ static napi_value idle(napi_env env, napi_callback_info info) {
 NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   napi_property_descriptor props[] = {
     { "loadKey", NULL, load_key, NULL, NULL, NULL, napi_default, NULL },
-    { "run", NULL, run, NULL, NULL, NULL, napi_default, NULL },
     { "start", NULL, start, NULL, NULL, NULL, napi_default, NULL },
     { "submit", NULL, submit, NULL, NULL, NULL, napi_default, NULL },
     { "flush", NULL, flush, NULL, NULL, NULL, napi_default, NULL },

@@ -106,16 +106,7 @@ export class KeylessSession extends EventEmitter {
 
   /** Sends one request and resolves with its response (an Error response resolves too). */
   request(body: RequestBody, timeoutMs = this.requestTimeoutMs): Promise<ResponseMessage> {
-    if (this.ws.readyState !== WebSocket.OPEN) return Promise.reject(new ConnectionError('session is not open'));
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new ResponseTimeoutError(`no answer to request ${id} within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.pending.set(id, { resolve, reject, timer });
-      this.ws.send(encodeRequest({ id, ...body }));
-    });
+    return this.exchange((id) => encodeRequest({ id, ...body }), timeoutMs).then(({ response }) => response);
   }
 
   /**
@@ -125,6 +116,12 @@ export class KeylessSession extends EventEmitter {
    * Error response resolves too). For the edge agent, which relays without re-encoding.
    */
   forward(operation: Uint8Array, timeoutMs = this.requestTimeoutMs): Promise<{ response: ResponseMessage; bytes: Buffer }> {
+    // Fields may come in any order: the operation as received, then the id (field 1) alone.
+    return this.exchange((id) => Buffer.concat([operation, encodeRequest({ id })]), timeoutMs);
+  }
+
+  /** Sends the request `encode(id)` under the next id; settles with its answer or ResponseTimeoutError. */
+  private exchange(encode: (id: number) => Uint8Array, timeoutMs: number): Promise<{ response: ResponseMessage; bytes: Buffer }> {
     if (this.ws.readyState !== WebSocket.OPEN) return Promise.reject(new ConnectionError('session is not open'));
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
@@ -133,8 +130,7 @@ export class KeylessSession extends EventEmitter {
         reject(new ResponseTimeoutError(`no answer to request ${id} within ${timeoutMs} ms`));
       }, timeoutMs);
       this.pending.set(id, { resolve: (response, bytes) => resolve({ response, bytes }), reject, timer });
-      // Fields may come in any order: the operation as received, then the id (field 1) alone.
-      this.ws.send(Buffer.concat([operation, encodeRequest({ id })]));
+      this.ws.send(encode(id));
     });
   }
 

@@ -37,6 +37,8 @@ export function openDir(prefix: string): string {
 
 export interface RunResult {
   code: number | null;
+  /** True when the command outlived `timeoutMs` and was killed: it hung. */
+  killed: boolean;
   stdout: string;
   stderr: string;
   ms: number;
@@ -50,11 +52,15 @@ export function run(cmd: string, args: readonly string[], options: { env?: NodeJ
     const err: Buffer[] = [];
     child.stdout!.on('data', (d: Buffer) => out.push(d));
     child.stderr!.on('data', (d: Buffer) => err.push(d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 20_000);
+    let killed = false;
+    const timer = setTimeout(() => {
+      killed = true;
+      child.kill('SIGKILL');
+    }, options.timeoutMs ?? 20_000);
     child.once('error', (e) => err.push(Buffer.from(String(e))));
     child.once('close', (code) => {
       clearTimeout(timer);
-      resolvePromise({ code, stdout: Buffer.concat(out).toString('latin1'), stderr: Buffer.concat(err).toString('latin1'), ms: Date.now() - started });
+      resolvePromise({ code, killed, stdout: Buffer.concat(out).toString('latin1'), stderr: Buffer.concat(err).toString('latin1'), ms: Date.now() - started });
     });
     child.stdin!.on('error', () => undefined);
     child.stdin!.end(options.input ?? '');
@@ -265,6 +271,8 @@ export interface Handshake {
   body: string;
   output: string;
   ms: number;
+  /** s_client was still waiting after 15 s and was killed: the handshake hung. */
+  hung: boolean;
 }
 
 /** One full handshake with openssl s_client, verifying the chain against `caFile`, then GET /. */
@@ -284,5 +292,6 @@ export async function handshake(port: number, caFile: string, args: readonly str
     body,
     output,
     ms: result.ms,
+    hung: result.killed,
   };
 }

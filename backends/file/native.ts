@@ -15,7 +15,8 @@ interface NativeAddon {
   /** The batched queue: `threads` workers; every result finished by a wake-up comes back in one onDone call. */
   start(threads: number, onDone: (results: Array<number | Buffer | string>) => void): NativeQueueHandle;
   submit(queue: NativeQueueHandle, key: NativeKey, op: number, hash: number, input: Buffer, slot: number): void;
-  flush(queue: NativeQueueHandle): void;
+  /** Hands the submitted operations to the workers; a lone ECDSA/Ed25519 one with the workers idle runs inline and its result comes back here. */
+  flush(queue: NativeQueueHandle): Array<number | Buffer | string> | undefined;
   idle(queue: NativeQueueHandle): void;
 }
 
@@ -54,7 +55,9 @@ export const NATIVE_THREADS = Math.max(1, Math.min(Number(process.env.UV_THREADP
  * of the event loop go to the worker threads in one hand-off (flushed in a microtask, so
  * after every request of the TLS chunk being read has been dispatched), and every result
  * finished by the time the main thread wakes comes back in one call, which settles each
- * waiting promise. Slots are small integers reused through a free list.
+ * waiting promise. An ECDSA or Ed25519 operation that comes alone while every thread is idle
+ * runs inline in flush instead (openssl_keys.c, runs_inline: cheaper than two thread
+ * hand-offs). Slots are small integers reused through a free list.
  */
 export class NativeQueue {
   private readonly waiters: Array<Waiter | undefined> = [];
@@ -64,7 +67,8 @@ export class NativeQueue {
   private readonly handle: NativeQueueHandle;
   private readonly flush = (): void => {
     this.flushQueued = false;
-    this.addon.flush(this.handle);
+    const ranInline = this.addon.flush(this.handle);
+    if (ranInline) this.deliver(ranInline);
   };
 
   constructor(private readonly addon: NativeAddon = nativeAddon()) {

@@ -37,7 +37,9 @@ const latencySamples = Number(values.latency);
 if (!fs.existsSync(MODULE)) throw new Error(`${MODULE} is missing: run scripts/build-pkcs11-module.sh`);
 const children = [];
 process.on('exit', () => children.forEach((c) => c.exitCode === null && c.kill('SIGTERM')));
+// A signal ends the script through exit, so the children stop with it (--serve is ended this way).
 process.on('SIGINT', () => process.exit(130));
+process.on('SIGTERM', () => process.exit(143));
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const freePort = () =>

@@ -1,6 +1,7 @@
 /**
  * The edge, for real: the PKCS#11 module built with gcc, keylessd-agent as its own process,
- * nginx (as `nobody` when the tests run as root, as CI does) and openssl/curl/pkcs11-tool.
+ * nginx and Apache httpd (as `nobody` when the tests run as root, as CI does) and
+ * openssl/curl/pkcs11-tool.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
@@ -263,6 +264,77 @@ export async function startNginx(env: NodeJS.ProcessEnv, servers: ReadonlyArray<
   };
 }
 
+export interface Apache {
+  readonly port: number;
+  readonly process: ChildProcess;
+  errorLog(): string;
+  stop(): Promise<void>;
+}
+
+const APACHE_MODULES = '/usr/lib/apache2/modules';
+
+/**
+ * Apache httpd 2.4 (event MPM: worker processes with threads, so several handshakes of one
+ * process are in C_Sign at once) on 127.0.0.1:`port` with one virtual host serving every
+ * certificate; keys are PKCS#11 URIs mod_ssl loads through the engine OPENSSL_CONF names.
+ * Children run as nobody when we are root. Resolves once the port accepts connections.
+ */
+export async function startApache(env: NodeJS.ProcessEnv, port: number, certs: ReadonlyArray<{ cert: string; key: string }>): Promise<Apache> {
+  const root = openDir('keylessd-apache-');
+  execFileSync('mkdir', ['-p', join(root, 'logs'), join(root, 'html')]);
+  writeFileSync(join(root, 'html/index.html'), 'served by apache through keylessd\n');
+  chmodSync(join(root, 'html'), 0o755);
+  chmodSync(join(root, 'html/index.html'), 0o644);
+  const conf = [
+    `ServerRoot ${root}`,
+    'ServerName localhost',
+    `PidFile ${join(root, 'httpd.pid')}`,
+    `DefaultRuntimeDir ${join(root, 'logs')}`,
+    `ErrorLog ${join(root, 'logs/error.log')}`,
+    'LogLevel warn ssl:info',
+    ...(IS_ROOT ? ['User nobody', 'Group nogroup'] : []),
+    `Listen 127.0.0.1:${port}`,
+    ...['mpm_event', 'authz_core', 'dir', 'ssl'].map((m) => `LoadModule ${m}_module ${APACHE_MODULES}/mod_${m}.so`),
+    `DocumentRoot ${join(root, 'html')}`,
+    'DirectoryIndex index.html',
+    `<VirtualHost 127.0.0.1:${port}>`,
+    '  SSLEngine on',
+    '  SSLProtocol -all +TLSv1.2 +TLSv1.3',
+    '  SSLCipherSuite ALL',
+    ...certs.map((c) => `  SSLCertificateFile ${c.cert}\n  SSLCertificateKeyFile "${c.key}"`),
+    '</VirtualHost>',
+    '',
+  ].join('\n');
+  writeFileSync(join(root, 'httpd.conf'), conf);
+  const child = spawn('apache2', ['-f', join(root, 'httpd.conf'), '-DFOREGROUND'], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  const errorLog = () => {
+    try {
+      return readFileSync(join(root, 'logs/error.log'), 'utf8');
+    } catch {
+      return '';
+    }
+  };
+  await until(async () => {
+    if (child.exitCode !== null) throw new GiveUp(`apache2 exited ${child.exitCode}: ${output} ${errorLog()}`);
+    return canConnect({ port });
+  }, 15_000, `apache2 on port ${port}`);
+  return {
+    port,
+    process: child,
+    errorLog,
+    stop: async () => {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      await exited;
+      child.stdout!.destroy();
+      child.stderr!.destroy();
+    },
+  };
+}
+
 export interface Handshake {
   ok: boolean;
   protocol?: string;
@@ -285,7 +357,7 @@ export async function handshake(port: number, caFile: string, args: readonly str
   const output = result.stdout + result.stderr;
   const body = result.stdout;
   return {
-    ok: result.code === 0 && /served by nginx through keylessd/.test(body),
+    ok: result.code === 0 && /served by (nginx|apache) through keylessd/.test(body),
     protocol: /Protocol version: (\S+)/.exec(output)?.[1],
     cipher: /Ciphersuite: (\S+)/.exec(output)?.[1],
     peerSignatureType: /^(?:Peer )?[Ss]ignature type: (\S+)/m.exec(output)?.[1],

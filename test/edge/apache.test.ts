@@ -59,10 +59,12 @@ afterAll(async () => {
 
 test('Apache children run unprivileged and cannot read any private key', async () => {
   if (!IS_ROOT) return; // the user switch needs root; CI runs as root
-  const ps = await run('ps', ['-o', 'user=', '--ppid', String(apache.process.pid)]);
-  const users = ps.stdout.split('\n').filter(Boolean);
-  expect(users.length).toBeGreaterThan(0);
-  expect(users.every((u) => u.trim() === 'nobody')).toBe(true);
+  // A child is root for a moment after the fork, until it switches user: wait for the switch.
+  let users: string[] = [];
+  await until(async () => {
+    users = (await run('ps', ['-o', 'user=', '--ppid', String(apache.process.pid)])).stdout.split('\n').map((u) => u.trim()).filter(Boolean);
+    return users.length > 0 && users.every((u) => u === 'nobody');
+  }, 15_000, () => `Apache's children to run as nobody (ps says: ${users.join(', ') || 'no children'})`);
   const read = await run('su', ['-s', '/bin/sh', 'nobody', '-c', `cat ${join(keyDir, 'apache-rsa.pem')}`]);
   expect(read.code).not.toBe(0);
 });

@@ -277,7 +277,8 @@ const APACHE_MODULES = '/usr/lib/apache2/modules';
  * Apache httpd 2.4 (event MPM: worker processes with threads, so several handshakes of one
  * process are in C_Sign at once) on 127.0.0.1:`port` with one virtual host serving every
  * certificate; keys are PKCS#11 URIs mod_ssl loads through the engine OPENSSL_CONF names.
- * Children run as nobody when we are root. Resolves once the port accepts connections.
+ * Children run as nobody when we are root. Resolves once the port accepts connections and
+ * the children are running.
  */
 export async function startApache(env: NodeJS.ProcessEnv, port: number, certs: ReadonlyArray<{ cert: string; key: string }>): Promise<Apache> {
   const root = openDir('keylessd-apache-');
@@ -318,10 +319,11 @@ export async function startApache(env: NodeJS.ProcessEnv, port: number, certs: R
       return '';
     }
   };
+  // The master accepts on the port before it has started its children: wait for both.
   await until(async () => {
     if (child.exitCode !== null) throw new GiveUp(`apache2 exited ${child.exitCode}: ${output} ${errorLog()}`);
-    return canConnect({ port });
-  }, 15_000, `apache2 on port ${port}`);
+    return (await canConnect({ port })) && (await run('ps', ['-o', 'pid=', '--ppid', String(child.pid)])).stdout.trim() !== '';
+  }, 15_000, `apache2 on port ${port} with its children started`);
   return {
     port,
     process: child,

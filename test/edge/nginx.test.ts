@@ -72,10 +72,12 @@ afterAll(async () => {
 
 test('nginx workers run unprivileged and cannot read any private key', async () => {
   if (!IS_ROOT) return; // the user switch needs root; CI runs as root
-  const ps = await run('ps', ['-o', 'user=,args=', '--ppid', String(nginx.process.pid)]);
-  const workers = ps.stdout.split('\n').filter((l) => l.includes('nginx: worker'));
-  expect(workers.length).toBeGreaterThan(0);
-  expect(workers.every((l) => l.startsWith('nobody'))).toBe(true);
+  // The master accepts before its workers have forked and switched user: wait for them.
+  let workers: string[] = [];
+  await until(async () => {
+    workers = (await run('ps', ['-o', 'user=,args=', '--ppid', String(nginx.process.pid)])).stdout.split('\n').filter((l) => l.includes('nginx: worker'));
+    return workers.length > 0 && workers.every((l) => l.startsWith('nobody'));
+  }, 15_000, () => `nginx's workers to run as nobody (ps says: ${workers.join('; ') || 'no workers'})`);
   const read = await run('su', ['-s', '/bin/sh', 'nobody', '-c', `cat ${join(keyDir, 'edge-rsa.pem')}`]);
   expect(read.code).not.toBe(0);
 });

@@ -28,14 +28,20 @@ export function parsePrivateKey(bytes: Buffer, passphrase: string | undefined): 
     if (/Proc-Type:\s*4,\s*ENCRYPTED/.test(text) && passphrase === undefined) {
       throw new KeyFileError('is encrypted with legacy PEM encryption (Proc-Type: 4,ENCRYPTED) and no passphrase_file is configured for it');
     }
-    return withReadableError(() => createPrivateKey({ key: bytes, format: 'pem', passphrase }));
+    const encrypted = text.includes('-----BEGIN ENCRYPTED PRIVATE KEY-----') || /Proc-Type:\s*4,\s*ENCRYPTED/.test(text);
+    try {
+      return createPrivateKey({ key: bytes, format: 'pem', passphrase });
+    } catch (err) {
+      if (encrypted || isWrongPassphrase(err)) throw wrongPassphrase(err);
+      throw new KeyFileError(`cannot be parsed: ${(err as Error).message}`, { cause: err });
+    }
   }
   const attempts: Array<'pkcs8' | 'pkcs1' | 'sec1'> = ['pkcs8', 'pkcs1', 'sec1'];
   for (const type of attempts) {
     try {
       return createPrivateKey({ key: bytes, format: 'der', type, passphrase });
     } catch (err) {
-      if (isWrongPassphrase(err)) throw new KeyFileError('cannot be decrypted: wrong passphrase', { cause: err });
+      if (isWrongPassphrase(err) || (type === 'pkcs8' && passphrase !== undefined && isEncryptedPkcs8Der(bytes))) throw wrongPassphrase(err);
       if ((err as { code?: string }).code === 'ERR_MISSING_PASSPHRASE') {
         throw new KeyFileError('is encrypted and no passphrase_file is configured for it');
       }
@@ -44,16 +50,28 @@ export function parsePrivateKey(bytes: Buffer, passphrase: string | undefined): 
   throw new KeyFileError('is not a PEM or DER private key (PKCS#8, PKCS#1 or SEC1)');
 }
 
+/*
+ * An encrypted key that the configured passphrase does not open: OpenSSL cannot tell a wrong
+ * passphrase from a damaged file. A wrong passphrase usually fails the CBC padding check
+ * ("bad decrypt"), but about once in 256 tries it passes and the garbage then fails to decode
+ * ("DECODER routines::unsupported", or an ASN.1 error for DER), which is also what a damaged
+ * file gives. Every such failure gets one message that names both causes, most likely first.
+ */
+function wrongPassphrase(cause: unknown): KeyFileError {
+  return new KeyFileError('cannot be decrypted: wrong passphrase, or the file is damaged', { cause });
+}
+
 function isWrongPassphrase(err: unknown): boolean {
   const message = String((err as Error).message ?? '');
   return /bad decrypt|wrong password|unable to decrypt/i.test(message);
 }
 
-function withReadableError(parse: () => KeyObject): KeyObject {
+/** A DER encrypted PKCS#8 key: opening it without a passphrase asks for one. */
+function isEncryptedPkcs8Der(bytes: Buffer): boolean {
   try {
-    return parse();
+    createPrivateKey({ key: bytes, format: 'der', type: 'pkcs8' });
+    return false;
   } catch (err) {
-    if (isWrongPassphrase(err)) throw new KeyFileError('cannot be decrypted: wrong passphrase', { cause: err });
-    throw new KeyFileError(`cannot be parsed: ${(err as Error).message}`, { cause: err });
+    return (err as { code?: string }).code === 'ERR_MISSING_PASSPHRASE';
   }
 }

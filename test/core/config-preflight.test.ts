@@ -77,7 +77,7 @@ describe('keylessd --check-config refuses what would break at runtime, naming th
     const { file } = await setup({ backends: `backends: [{type: file, dir: ${dir}, passphrase_file: ${join(dir, '.pass')}}]` });
     const result = await run(['--check-config', file]);
     expect(result.status).toBe(1);
-    expect(result.stderr).toContain(`keylessd: backends: no key would be served (every key was skipped: ${join(dir, 'www.pem')}: it cannot be decrypted: wrong passphrase)`);
+    expect(result.stderr).toContain(`keylessd: backends: no key would be served (every key was skipped: ${join(dir, 'www.pem')}: it cannot be decrypted: wrong passphrase, or the file is damaged)`);
     expect(result.stderr).not.toContain('right');
     expect(result.stdout).not.toContain('OK');
   });

@@ -37,7 +37,7 @@ test('reads every container format and skips what it cannot use, naming file and
   logger.flush();
   expect(keys.map((k) => k.name).sort()).toEqual(['ed', 'encrypted', 'pkcs1', 'pkcs8', 'rsa1', 'sec1']);
   const reasons = Object.fromEntries(skipped.map((s) => [s.source.split('/').pop(), s.reason]));
-  expect(reasons['wrongpass.pem']).toBe('it cannot be decrypted: wrong passphrase');
+  expect(reasons['wrongpass.pem']).toBe('it cannot be decrypted: wrong passphrase, or the file is damaged');
   expect(reasons['k1.pem']).toMatch(/^it .*unsupported curve secp256k1/);
   expect(reasons['public.pem']).toBe('it holds a public key, not a private key');
   expect(reasons['small.pem']).toMatch(/2048 to 4096 bits, this one has 1024/);

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { startDaemon, writeKeyDir, generateKey, type RunningDaemon } from '../helpers/daemon';
 import { makeTestPki, type TestPki } from '../helpers/pki';
 import { freePort } from '../helpers/ports';
-import { ensureModule, handshake, IS_ROOT, moduleEnv, openDir, run, selfSigned, startAgent, startApache, type Agent, type Apache } from './harness';
+import { auditedHandshake, ensureModule, handshake, IS_ROOT, keyUri, moduleEnv, openDir, run, selfSigned, startAgent, startApache, waitForChildrenAs, type Agent, type Apache } from './harness';
 import { until } from '../helpers/until';
 
 const rsaKey = generateKey({ name: 'apache-rsa', type: 'rsa', bits: 2048 });
@@ -21,15 +21,6 @@ let agent: Agent;
 let apache: Apache;
 let keyDir: string;
 let caFile: string;
-
-const uri = (name: string) => `pkcs11:token=keylessd;object=${name};type=private`;
-
-function auditRecords(): Array<Record<string, any>> {
-  return readFileSync(join(pki.dir, 'audit.log'), 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((line) => JSON.parse(line));
-}
 
 beforeAll(async () => {
   ensureModule();
@@ -46,8 +37,8 @@ beforeAll(async () => {
   caFile = join(work, 'trusted.pem');
   writeFileSync(caFile, readFileSync(rsaCert, 'utf8') + readFileSync(ecCert, 'utf8'));
   apache = await startApache(moduleEnv(agent.socket, work), await freePort(), [
-    { cert: ecCert, key: uri('apache-p256') },
-    { cert: rsaCert, key: uri('apache-rsa') },
+    { cert: ecCert, key: keyUri('apache-p256') },
+    { cert: rsaCert, key: keyUri('apache-rsa') },
   ]);
 }, 60_000);
 
@@ -59,12 +50,7 @@ afterAll(async () => {
 
 test('Apache children run unprivileged and cannot read any private key', async () => {
   if (!IS_ROOT) return; // the user switch needs root; CI runs as root
-  // A child is root for a moment after the fork, until it switches user: wait for the switch.
-  let users: string[] = [];
-  await until(async () => {
-    users = (await run('ps', ['-o', 'user=', '--ppid', String(apache.process.pid)])).stdout.split('\n').map((u) => u.trim()).filter(Boolean);
-    return users.length > 0 && users.every((u) => u === 'nobody');
-  }, 15_000, () => `Apache's children to run as nobody (ps says: ${users.join(', ') || 'no children'})`);
+  await waitForChildrenAs(apache, 'nobody');
   const read = await run('su', ['-s', '/bin/sh', 'nobody', '-c', `cat ${join(keyDir, 'apache-rsa.pem')}`]);
   expect(read.code).not.toBe(0);
 });
@@ -75,13 +61,8 @@ test.each([
   ['TLS 1.2 ECDHE-ECDSA', ['-tls1_2', '-cipher', 'ECDHE-ECDSA-AES128-GCM-SHA256'], 'TLSv1.2', 'ECDSA', 'ECDSA_SHA256', 'apache-p256'],
   ['TLS 1.2 ECDHE-RSA (PKCS#1 v1.5)', ['-tls1_2', '-cipher', 'ECDHE-RSA-AES128-GCM-SHA256', '-sigalgs', 'RSA+SHA384'], 'TLSv1.2', 'RSA', 'RSA_PKCS1_SHA384', 'apache-rsa'],
 ])('%s: a full handshake through keylessd, chain verified, page served, audited under the agent', async (_name, args, protocol, sigType, algorithm, key) => {
-  const before = auditRecords().length;
-  const result = await handshake(apache.port, caFile, args);
+  const { result, records } = await auditedHandshake(apache.port, caFile, pki, args);
   expect({ ok: result.ok, protocol: result.protocol, peerSignatureType: result.peerSignatureType }).toEqual({ ok: true, protocol, peerSignatureType: sigType });
-  const records = await until(() => {
-    const fresh = auditRecords().slice(before);
-    return fresh.length > 0 && fresh;
-  }, 15_000, 'the audit record of the handshake');
   expect(records).toContainEqual(
     expect.objectContaining({ operation: 'sign', algorithm, result: 'ok', key: expect.objectContaining({ name: key }), client: expect.objectContaining({ subject: expect.stringContaining('CN=edge agent apache-1') }) }),
   );

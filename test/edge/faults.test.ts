@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { generateKey, startDaemon, writeKeyDir, type RunningDaemon } from '../helpers/daemon';
 import { makeTestPki, type TestPki } from '../helpers/pki';
 import { freePort } from '../helpers/ports';
-import { agentRequest, ensureModule, handshake, MODULE, moduleEnv, openDir, run, selfSigned, startAgent, startNginx, type Agent, type Nginx } from './harness';
+import { agentRequest, ensureModule, handshake, keyUri, MODULE, moduleEnv, openDir, run, selfSigned, startAgent, startNginx, type Agent, type Nginx } from './harness';
 import { until } from '../helpers/until';
 
 const TIMEOUT_MS = 1500; // the module's KEYLESSD_PKCS11_TIMEOUT_MS here
@@ -57,8 +57,8 @@ beforeAll(async () => {
     {
       port: nginxPort,
       certs: [
-        { cert: ecCert, key: 'engine:pkcs11:pkcs11:token=keylessd;object=edge-p256;type=private' },
-        { cert: rsaCert, key: 'engine:pkcs11:pkcs11:token=keylessd;object=edge-rsa;type=private' },
+        { cert: ecCert, key: `engine:pkcs11:${keyUri('edge-p256')}` },
+        { cert: rsaCert, key: `engine:pkcs11:${keyUri('edge-rsa')}` },
       ],
     },
   ]);

@@ -188,12 +188,9 @@ export function selfSigned(keyFile: string, out: string): string {
   return out;
 }
 
-export interface Nginx {
+export interface Nginx extends ServerProcess {
   readonly port: number;
   readonly prefix: string;
-  readonly process: ChildProcess;
-  errorLog(): string;
-  stop(): Promise<void>;
 }
 
 /**
@@ -233,42 +230,14 @@ export async function startNginx(env: NodeJS.ProcessEnv, servers: ReadonlyArray<
     '',
   ].join('\n');
   writeFileSync(join(prefix, 'nginx.conf'), conf);
-  const child = spawn('nginx', ['-p', prefix, '-c', join(prefix, 'nginx.conf')], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  const errorLog = () => {
-    try {
-      return readFileSync(join(prefix, 'logs/error.log'), 'utf8');
-    } catch {
-      return '';
-    }
-  };
-  await until(async () => {
-    if (child.exitCode !== null) throw new GiveUp(`nginx exited ${child.exitCode}: ${output} ${errorLog()}`);
-    return (await Promise.all(servers.map((s) => canConnect({ port: s.port })))).every(Boolean);
-  }, 15_000, `nginx on ports ${servers.map((s) => s.port).join(', ')}`);
-  return {
-    port: servers[0]!.port,
-    prefix,
-    process: child,
-    errorLog,
-    stop: async () => {
-      if (child.exitCode === null) child.kill('SIGQUIT');
-      await exited;
-      // Workers may still hold the pipes for a moment after the master exits.
-      child.stdout!.destroy();
-      child.stderr!.destroy();
-    },
-  };
+  const server = await startServer('nginx', ['-p', prefix, '-c', join(prefix, 'nginx.conf')], env, join(prefix, 'logs/error.log'), 'SIGQUIT', `nginx on ports ${servers.map((s) => s.port).join(', ')}`, async () =>
+    (await Promise.all(servers.map((s) => canConnect({ port: s.port })))).every(Boolean),
+  );
+  return { port: servers[0]!.port, prefix, ...server };
 }
 
-export interface Apache {
+export interface Apache extends ServerProcess {
   readonly port: number;
-  readonly process: ChildProcess;
-  errorLog(): string;
-  stop(): Promise<void>;
 }
 
 const APACHE_MODULES = '/usr/lib/apache2/modules';
@@ -307,34 +276,85 @@ export async function startApache(env: NodeJS.ProcessEnv, port: number, certs: R
     '',
   ].join('\n');
   writeFileSync(join(root, 'httpd.conf'), conf);
-  const child = spawn('apache2', ['-f', join(root, 'httpd.conf'), '-DFOREGROUND'], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  // The master accepts on the port before it has started its children: wait for both.
+  const server = await startServer('apache2', ['-f', join(root, 'httpd.conf'), '-DFOREGROUND'], env, join(root, 'logs/error.log'), 'SIGTERM', `apache2 on port ${port} with its children started`, async (pid) =>
+    (await canConnect({ port })) && (await run('ps', ['-o', 'pid=', '--ppid', String(pid)])).stdout.trim() !== '',
+  );
+  return { port, ...server };
+}
+
+/** A TLS server process (nginx, apache2) started in the foreground with the module's environment. */
+export interface ServerProcess {
+  readonly process: ChildProcess;
+  errorLog(): string;
+  stop(): Promise<void>;
+}
+
+/** Starts `cmd` and resolves once `ready(pid)` holds; fails at once with its output and error log if it exits first. */
+async function startServer(cmd: string, args: readonly string[], env: NodeJS.ProcessEnv, errorLogFile: string, stopSignal: NodeJS.Signals, what: string, ready: (pid: number) => Promise<boolean>): Promise<ServerProcess> {
+  const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
   const errorLog = () => {
     try {
-      return readFileSync(join(root, 'logs/error.log'), 'utf8');
+      return readFileSync(errorLogFile, 'utf8');
     } catch {
       return '';
     }
   };
-  // The master accepts on the port before it has started its children: wait for both.
   await until(async () => {
-    if (child.exitCode !== null) throw new GiveUp(`apache2 exited ${child.exitCode}: ${output} ${errorLog()}`);
-    return (await canConnect({ port })) && (await run('ps', ['-o', 'pid=', '--ppid', String(child.pid)])).stdout.trim() !== '';
-  }, 15_000, `apache2 on port ${port} with its children started`);
+    if (child.exitCode !== null) throw new GiveUp(`${cmd} exited ${child.exitCode}: ${output} ${errorLog()}`);
+    return ready(child.pid!);
+  }, 15_000, what);
   return {
-    port,
     process: child,
     errorLog,
     stop: async () => {
-      if (child.exitCode === null) child.kill('SIGTERM');
+      if (child.exitCode === null) child.kill(stopSignal);
       await exited;
+      // Workers may still hold the pipes for a moment after the master exits.
       child.stdout!.destroy();
       child.stderr!.destroy();
     },
   };
+}
+
+/**
+ * Waits until every child of the server whose command line contains `match` runs as `user`:
+ * the master accepts before it has forked them, and a child is root for a moment after the
+ * fork until it switches user. Fails naming what ps showed.
+ */
+export async function waitForChildrenAs(server: ServerProcess, user: string, match = ''): Promise<void> {
+  let children: string[] = [];
+  await until(async () => {
+    children = (await run('ps', ['-o', 'user=,args=', '--ppid', String(server.process.pid)])).stdout.split('\n').map((l) => l.trim()).filter((l) => l !== '' && l.includes(match));
+    return children.length > 0 && children.every((l) => l.startsWith(`${user} `));
+  }, 15_000, () => `the children of ${server.process.spawnfile} to run as ${user} (ps says: ${children.join('; ') || 'none'})`);
+}
+
+/** The PKCS#11 URI of a key the module presents, by its name in keylessd. */
+export const keyUri = (name: string): string => `pkcs11:token=keylessd;object=${name};type=private`;
+
+/** keylessd's audit log (the test daemon writes it in the PKI's folder), one object per record. */
+export function auditRecords(pki: TestPki): Array<Record<string, any>> {
+  return readFileSync(join(pki.dir, 'audit.log'), 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => JSON.parse(line));
+}
+
+/** One handshake, and, when it succeeded, the audit records keylessd wrote since it began. */
+export async function auditedHandshake(port: number, caFile: string, pki: TestPki, args: readonly string[]): Promise<{ result: Handshake; records: Array<Record<string, any>> }> {
+  const before = auditRecords(pki).length;
+  const result = await handshake(port, caFile, args);
+  if (!result.ok) return { result, records: [] };
+  const records = await until(() => {
+    const fresh = auditRecords(pki).slice(before);
+    return fresh.length > 0 && fresh;
+  }, 15_000, 'the audit record of the handshake');
+  return { result, records };
 }
 
 export interface Handshake {

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { startDaemon, writeKeyDir, generateKey, type RunningDaemon } from '../helpers/daemon';
 import { makeTestPki, type TestPki } from '../helpers/pki';
 import { freePort } from '../helpers/ports';
-import { ensureModule, handshake, IS_ROOT, MODULE, moduleEnv, openDir, run, selfSigned, startAgent, startNginx, type Agent, type Nginx } from './harness';
+import { auditedHandshake, auditRecords, ensureModule, handshake, IS_ROOT, keyUri, MODULE, moduleEnv, openDir, run, selfSigned, startAgent, startNginx, waitForChildrenAs, type Agent, type Nginx } from './harness';
 import { until } from '../helpers/until';
 
 const rsaKey = generateKey({ name: 'edge-rsa', type: 'rsa', bits: 2048 });
@@ -26,15 +26,6 @@ let keyDir: string;
 let caFile: string;
 let rsaCert: string;
 let ecCert: string;
-
-const uri = (name: string) => `pkcs11:token=keylessd;object=${name};type=private`;
-
-function auditRecords(): Array<Record<string, any>> {
-  return readFileSync(join(pki.dir, 'audit.log'), 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((line) => JSON.parse(line));
-}
 
 beforeAll(async () => {
   ensureModule();
@@ -57,8 +48,8 @@ beforeAll(async () => {
     {
       port: await freePort(),
       certs: [
-        { cert: ecCert, key: `engine:pkcs11:${uri('edge-p256')}` },
-        { cert: rsaCert, key: `engine:pkcs11:${uri('edge-rsa')}` },
+        { cert: ecCert, key: `engine:pkcs11:${keyUri('edge-p256')}` },
+        { cert: rsaCert, key: `engine:pkcs11:${keyUri('edge-rsa')}` },
       ],
     },
   ]);
@@ -72,12 +63,7 @@ afterAll(async () => {
 
 test('nginx workers run unprivileged and cannot read any private key', async () => {
   if (!IS_ROOT) return; // the user switch needs root; CI runs as root
-  // The master accepts before its workers have forked and switched user: wait for them.
-  let workers: string[] = [];
-  await until(async () => {
-    workers = (await run('ps', ['-o', 'user=,args=', '--ppid', String(nginx.process.pid)])).stdout.split('\n').filter((l) => l.includes('nginx: worker'));
-    return workers.length > 0 && workers.every((l) => l.startsWith('nobody'));
-  }, 15_000, () => `nginx's workers to run as nobody (ps says: ${workers.join('; ') || 'no workers'})`);
+  await waitForChildrenAs(nginx, 'nobody', 'nginx: worker');
   const read = await run('su', ['-s', '/bin/sh', 'nobody', '-c', `cat ${join(keyDir, 'edge-rsa.pem')}`]);
   expect(read.code).not.toBe(0);
 });
@@ -89,13 +75,8 @@ test.each([
   ['TLS 1.2 ECDHE-RSA (PKCS#1 v1.5)', ['-tls1_2', '-cipher', 'ECDHE-RSA-AES128-GCM-SHA256', '-sigalgs', 'RSA+SHA384'], 'TLSv1.2', 'RSA', 'RSA_PKCS1_SHA384', 'edge-rsa'],
   ['TLS 1.2 ECDHE-RSA (PSS)', ['-tls1_2', '-cipher', 'ECDHE-RSA-AES256-GCM-SHA384'], 'TLSv1.2', 'RSA-PSS', 'RSA_PSS_SHA256', 'edge-rsa'],
 ])('%s: a full handshake through keylessd, chain verified, page served, audited under the agent', async (_name, args, protocol, sigType, algorithm, key) => {
-  const before = auditRecords().length;
-  const result = await handshake(nginx.port, caFile, args);
+  const { result, records } = await auditedHandshake(nginx.port, caFile, pki, args);
   expect({ ok: result.ok, protocol: result.protocol, peerSignatureType: result.peerSignatureType }).toEqual({ ok: true, protocol, peerSignatureType: sigType });
-  const records = await until(() => {
-    const fresh = auditRecords().slice(before);
-    return fresh.length > 0 && fresh;
-  }, 15_000, 'the audit record of the handshake');
   expect(records).toContainEqual(
     expect.objectContaining({ operation: 'sign', algorithm, result: 'ok', key: expect.objectContaining({ name: key }), client: expect.objectContaining({ subject: expect.stringContaining('CN=edge agent nginx-1') }) }),
   );
@@ -127,19 +108,19 @@ test('TLS 1.2 plain RSA key exchange fails in nginx (OpenSSL 3 engine keys lack 
   const secret = Buffer.from('48 bytes of a TLS 1.2 premaster secret.........');
   writeFileSync(join(work, 'secret'), secret);
   expect((await run('openssl', ['pkeyutl', '-encrypt', '-pubin', '-inkey', pub, '-in', join(work, 'secret'), '-out', join(work, 'secret.enc')], { env: { OPENSSL_CONF: '/dev/null' } })).code).toBe(0);
-  const decrypted = await run('openssl', ['pkeyutl', '-engine', 'pkcs11', '-keyform', 'engine', '-inkey', uri('edge-rsa'), '-decrypt', '-in', join(work, 'secret.enc')], { env });
+  const decrypted = await run('openssl', ['pkeyutl', '-engine', 'pkcs11', '-keyform', 'engine', '-inkey', keyUri('edge-rsa'), '-decrypt', '-in', join(work, 'secret.enc')], { env });
   expect(Buffer.from(decrypted.stdout, 'latin1')).toEqual(secret);
 
   // …and for a key without decrypt keylessd refuses and audits the refusal under the agent's identity.
   const lockedPub = join(work, 'locked.pub');
   writeFileSync(lockedPub, createPublicKey(lockedKey).export({ type: 'spki', format: 'pem' }));
   await run('openssl', ['pkeyutl', '-encrypt', '-pubin', '-inkey', lockedPub, '-in', join(work, 'secret'), '-out', join(work, 'locked.enc')], { env: { OPENSSL_CONF: '/dev/null' } });
-  const refused = await run('openssl', ['pkeyutl', '-engine', 'pkcs11', '-keyform', 'engine', '-inkey', uri('edge-rsa-locked'), '-decrypt', '-in', join(work, 'locked.enc')], { env });
+  const refused = await run('openssl', ['pkeyutl', '-engine', 'pkcs11', '-keyform', 'engine', '-inkey', keyUri('edge-rsa-locked'), '-decrypt', '-in', join(work, 'locked.enc')], { env });
   expect(refused.code).toBe(1); // refused, not crashed
   expect(refused.stdout).not.toContain('premaster');
-  const denial = await until(() => auditRecords().find((r) => r.operation === 'decrypt_raw' && r.key?.name === 'edge-rsa-locked'), 15_000, 'the audited decrypt denial');
+  const denial = await until(() => auditRecords(pki).find((r) => r.operation === 'decrypt_raw' && r.key?.name === 'edge-rsa-locked'), 15_000, 'the audited decrypt denial');
   expect(denial).toMatchObject({ result: 'FORBIDDEN', client: expect.objectContaining({ subject: expect.stringContaining('CN=edge agent nginx-1') }) });
-  expect(auditRecords()).toContainEqual(expect.objectContaining({ operation: 'decrypt_raw', result: 'ok', key: expect.objectContaining({ name: 'edge-rsa' }) }));
+  expect(auditRecords(pki)).toContainEqual(expect.objectContaining({ operation: 'decrypt_raw', result: 'ok', key: expect.objectContaining({ name: 'edge-rsa' }) }));
 });
 
 test('pkcs11-tool lists the objects truthfully, signs (verified with the public key) and passes --test', async () => {
@@ -170,7 +151,7 @@ test('pkcs11-tool lists the objects truthfully, signs (verified with the public 
 test('openssl s_server -engine pkcs11 -keyform engine serves a handshake', async () => {
   const port = await freePort();
   const { spawn } = await import('node:child_process');
-  const child = spawn('openssl', ['s_server', '-engine', 'pkcs11', '-keyform', 'engine', '-key', uri('edge-p256'), '-cert', ecCert, '-accept', `127.0.0.1:${port}`, '-www', '-naccept', '1'], { env: { ...process.env, ...env }, stdio: 'ignore' });
+  const child = spawn('openssl', ['s_server', '-engine', 'pkcs11', '-keyform', 'engine', '-key', keyUri('edge-p256'), '-cert', ecCert, '-accept', `127.0.0.1:${port}`, '-www', '-naccept', '1'], { env: { ...process.env, ...env }, stdio: 'ignore' });
   const exited = new Promise((r) => child.once('exit', r));
   try {
     const result = await until(async () => {

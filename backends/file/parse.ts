@@ -22,17 +22,18 @@ export function parsePrivateKey(bytes: Buffer, passphrase: string | undefined): 
       const kind = /-----BEGIN ([A-Z0-9 ]+)-----/.exec(text)?.[1] ?? 'unknown';
       throw new KeyFileError(`holds a ${kind.toLowerCase()}, not a private key`);
     }
-    if (text.includes('-----BEGIN ENCRYPTED PRIVATE KEY-----') && passphrase === undefined) {
+    const encryptedPkcs8 = text.includes('-----BEGIN ENCRYPTED PRIVATE KEY-----');
+    const encryptedLegacy = /Proc-Type:\s*4,\s*ENCRYPTED/.test(text);
+    if (encryptedPkcs8 && passphrase === undefined) {
       throw new KeyFileError('is encrypted and no passphrase_file is configured for it');
     }
-    if (/Proc-Type:\s*4,\s*ENCRYPTED/.test(text) && passphrase === undefined) {
+    if (encryptedLegacy && passphrase === undefined) {
       throw new KeyFileError('is encrypted with legacy PEM encryption (Proc-Type: 4,ENCRYPTED) and no passphrase_file is configured for it');
     }
-    const encrypted = text.includes('-----BEGIN ENCRYPTED PRIVATE KEY-----') || /Proc-Type:\s*4,\s*ENCRYPTED/.test(text);
     try {
       return createPrivateKey({ key: bytes, format: 'pem', passphrase });
     } catch (err) {
-      if (encrypted || isWrongPassphrase(err)) throw wrongPassphrase(err);
+      if (encryptedPkcs8 || encryptedLegacy || isWrongPassphrase(err)) throw wrongPassphrase(err);
       throw new KeyFileError(`cannot be parsed: ${(err as Error).message}`, { cause: err });
     }
   }

@@ -246,8 +246,8 @@ const APACHE_MODULES = '/usr/lib/apache2/modules';
  * Apache httpd 2.4 (event MPM: worker processes with threads, so several handshakes of one
  * process are in C_Sign at once) on 127.0.0.1:`port` with one virtual host serving every
  * certificate; keys are PKCS#11 URIs mod_ssl loads through the engine OPENSSL_CONF names.
- * Children run as nobody when we are root. Resolves once the port accepts connections and
- * the children are running.
+ * Children run as nobody when we are root. Resolves once the port accepts connections (the
+ * master's backlog holds them until a child takes them; waitForChildrenAs waits for the children).
  */
 export async function startApache(env: NodeJS.ProcessEnv, port: number, certs: ReadonlyArray<{ cert: string; key: string }>): Promise<Apache> {
   const root = openDir('keylessd-apache-');
@@ -276,10 +276,7 @@ export async function startApache(env: NodeJS.ProcessEnv, port: number, certs: R
     '',
   ].join('\n');
   writeFileSync(join(root, 'httpd.conf'), conf);
-  // The master accepts on the port before it has started its children: wait for both.
-  const server = await startServer('apache2', ['-f', join(root, 'httpd.conf'), '-DFOREGROUND'], env, join(root, 'logs/error.log'), 'SIGTERM', `apache2 on port ${port} with its children started`, async (pid) =>
-    (await canConnect({ port })) && (await run('ps', ['-o', 'pid=', '--ppid', String(pid)])).stdout.trim() !== '',
-  );
+  const server = await startServer('apache2', ['-f', join(root, 'httpd.conf'), '-DFOREGROUND'], env, join(root, 'logs/error.log'), 'SIGTERM', `apache2 on port ${port}`, () => canConnect({ port }));
   return { port, ...server };
 }
 
@@ -290,8 +287,8 @@ export interface ServerProcess {
   stop(): Promise<void>;
 }
 
-/** Starts `cmd` and resolves once `ready(pid)` holds; fails at once with its output and error log if it exits first. */
-async function startServer(cmd: string, args: readonly string[], env: NodeJS.ProcessEnv, errorLogFile: string, stopSignal: NodeJS.Signals, what: string, ready: (pid: number) => Promise<boolean>): Promise<ServerProcess> {
+/** Starts `cmd` and resolves once `ready()` holds; fails at once with its output and error log if it exits first. */
+async function startServer(cmd: string, args: readonly string[], env: NodeJS.ProcessEnv, errorLogFile: string, stopSignal: NodeJS.Signals, what: string, ready: () => Promise<boolean>): Promise<ServerProcess> {
   const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
@@ -306,7 +303,7 @@ async function startServer(cmd: string, args: readonly string[], env: NodeJS.Pro
   };
   await until(async () => {
     if (child.exitCode !== null) throw new GiveUp(`${cmd} exited ${child.exitCode}: ${output} ${errorLog()}`);
-    return ready(child.pid!);
+    return ready();
   }, 15_000, what);
   return {
     process: child,

@@ -25,6 +25,7 @@ import { freePort } from '../helpers/ports';
 import { verifies } from '../helpers/verify';
 import { prepareImportingShim, startWine, wineMissing, winePids } from './wine';
 import { until } from '../helpers/until';
+import { auditRecords } from '../helpers/audit';
 
 const missing = wineMissing();
 if (missing) console.warn(`test/cng/daemon.test.ts SKIPPED: ${missing}. keylessd with a cng backend was not tested.`);
@@ -145,7 +146,7 @@ describeWine('keylessd with a cng backend, the shim under Wine', () => {
 
   test('the audit log names the CNG keys used and the metrics show the backend up', async () => {
     await until(() => readFileSync(join(work, 'audit.log'), 'utf8').includes('"web-rsa-pss"'), 5_000, 'the audit records');
-    const records = readFileSync(join(work, 'audit.log'), 'utf8').trim().split('\n').map((line) => JSON.parse(line));
+    const records = auditRecords(work);
     const signed = new Set(records.filter((r) => r.operation === 'sign' && r.result === 'ok').map((r) => r.key.name));
     expect([...signed].sort()).toEqual(Object.keys(SERVED).sort());
     const metrics = await (await fetch(`http://127.0.0.1:${ports.metrics}/metrics`)).text();

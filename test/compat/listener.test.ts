@@ -1,6 +1,4 @@
 import { constants, createPublicKey, generateKeyPairSync, publicDecrypt, publicEncrypt, randomBytes, verify, type KeyObject } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { CompatClient } from '../../src/client/compat';
 import { Tag, encodeFrame } from '../../src/protocols/compat/codec';
 import { certificateDigest } from '../../src/protocols/compat/key-index';
@@ -10,6 +8,7 @@ import { describePublicKey } from '../../src/core/crypto/keyid';
 import { issueCertificate } from '../../src/pki/certificates';
 import { startDaemon, writeKeyDir, type RunningDaemon } from '../helpers/daemon';
 import { until } from '../helpers/until';
+import { auditRecords } from '../helpers/audit';
 
 const keys: Record<string, KeyObject> = {
   rsa: generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey,
@@ -123,7 +122,7 @@ test('the compliance region in a request satisfies a regional policy, and goes i
   const allowed = await c.request(0x15, digest, [[Tag.ski, ski('locked')], [Tag.complianceRegion, Buffer.from([1])], [Tag.requestContext, Buffer.from('{"request_id":"abc"}')], [Tag.sni, Buffer.from('eu.example.com')]]);
   expect(allowed.opcode).toBe(Opcode.response);
   c.close();
-  const records = readFileSync(join(server.pki.dir, 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  const records = auditRecords(server.pki.dir);
   expect(records.at(-1)).toMatchObject({ listener: 'cloudflare', result: 'ok', context: { complianceRegion: 1, requestId: 'abc', sni: 'eu.example.com' } });
   expect(records.at(-2)).toMatchObject({ listener: 'cloudflare', result: 'FORBIDDEN' });
   const metrics = await (await fetch(`http://127.0.0.1:${server.addresses.metrics!.port}/metrics`)).text();

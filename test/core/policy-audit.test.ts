@@ -1,11 +1,12 @@
 import { createPublicKey, generateKeyPairSync, verify } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { verifyAuditFiles } from '../../src/audit/verify';
 import { issueCertificate, type CertificateAndKey } from '../../src/pki/certificates';
 import { startDaemon, writeKeyDir, type RunningDaemon } from '../helpers/daemon';
 import { until } from '../helpers/until';
+import { auditRecords } from '../helpers/audit';
 
 const message = Buffer.from('policy');
 let server: RunningDaemon;
@@ -16,12 +17,6 @@ async function metricsText(daemon: RunningDaemon): Promise<string> {
   return (await fetch(`http://127.0.0.1:${daemon.addresses.metrics!.port}/metrics`)).text();
 }
 
-function auditRecords(daemon: RunningDaemon): Array<Record<string, unknown>> {
-  return readFileSync(join(daemon.pki.dir, 'audit.log'), 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((line) => JSON.parse(line));
-}
 
 beforeAll(async () => {
   const keys = writeKeyDir([
@@ -59,7 +54,7 @@ test('an allowed group signs; another gets FORBIDDEN, audited, counted and hidde
   expect(text).toMatch(/^keyless_audit_records_total 4$/m);
   expect(text).toMatch(/^keyless_sessions_active\{listener="keyless.v1"\} 2$/m);
 
-  const records = auditRecords(server);
+  const records = auditRecords(server.pki.dir);
   expect(records[0]).toMatchObject({ seq: 1, type: 'genesis' });
   expect(records).toHaveLength(5);
   const denial = records.find((r) => r.result === 'FORBIDDEN')!;
@@ -83,7 +78,7 @@ test('the request context is recorded in the audit log', async () => {
     context: { sni: 'www.example.com', clientIp: Buffer.from([203, 0, 113, 7]), requestId: 'req-42' },
   });
   expect(response.result).toBe('signature');
-  const last = auditRecords(server).pop()!;
+  const last = auditRecords(server.pki.dir).pop()!;
   expect(last.context).toEqual({ sni: 'www.example.com', clientIp: '203.0.113.7', requestId: 'req-42' });
   await eu.close();
 });
@@ -143,7 +138,7 @@ test('a shutdown under load loses no answered request: every answered operation 
   await draining.stop();
   await Promise.all(calls);
   expect(answered).toBeGreaterThan(0);
-  const okRecords = auditRecords(draining).filter((r) => r.result === 'ok');
+  const okRecords = auditRecords(draining.pki.dir).filter((r) => r.result === 'ok');
   expect(okRecords.length).toBeGreaterThanOrEqual(answered);
   expect(verifyAuditFiles([join(draining.pki.dir, 'audit.log')]).ok).toBe(true);
 });

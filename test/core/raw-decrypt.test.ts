@@ -1,8 +1,7 @@
 import { constants, createPublicKey, generateKeyPairSync, publicEncrypt, randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import type { KeylessSession } from '../../src/client/session';
 import { startDaemon, writeKeyDir, type RunningDaemon } from '../helpers/daemon';
+import { auditRecords } from '../helpers/audit';
 
 /**
  * Raw RSA decryption returns m^d for any m: a client allowed it can sign anything with the
@@ -31,7 +30,7 @@ afterAll(async () => {
 });
 
 function auditTail(count: number): Array<Record<string, unknown>> {
-  return readFileSync(join(server.pki.dir, 'audit.log'), 'utf8').trim().split('\n').slice(-count).map((l) => JSON.parse(l));
+  return auditRecords(server.pki.dir).slice(-count);
 }
 
 test('decrypt: true allows OAEP but not RSA_RAW, which would sign anything', async () => {

@@ -12,6 +12,7 @@ import type { keyless } from '../../src/gen/keyless';
 import { decodeResponse, encodeRequest } from '../../src/protocols/v1/codec';
 import type { TestPki } from '../helpers/pki';
 import { GiveUp, until } from '../helpers/until';
+import { auditRecords } from '../helpers/audit';
 
 export const ROOT = resolve(__dirname, '../..');
 export const MODULE = join(ROOT, 'build/pkcs11/libkeylessd-pkcs11.so');
@@ -334,21 +335,13 @@ export async function waitForChildrenAs(server: ServerProcess, user: string, mat
 /** The PKCS#11 URI of a key the module presents, by its name in keylessd. */
 export const keyUri = (name: string): string => `pkcs11:token=keylessd;object=${name};type=private`;
 
-/** keylessd's audit log (the test daemon writes it in the PKI's folder), one object per record. */
-export function auditRecords(pki: TestPki): Array<Record<string, any>> {
-  return readFileSync(join(pki.dir, 'audit.log'), 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((line) => JSON.parse(line));
-}
-
 /** One handshake, and, when it succeeded, the audit records keylessd wrote since it began. */
 export async function auditedHandshake(port: number, caFile: string, pki: TestPki, args: readonly string[]): Promise<{ result: Handshake; records: Array<Record<string, any>> }> {
-  const before = auditRecords(pki).length;
+  const before = auditRecords(pki.dir).length;
   const result = await handshake(port, caFile, args);
   if (!result.ok) return { result, records: [] };
   const records = await until(() => {
-    const fresh = auditRecords(pki).slice(before);
+    const fresh = auditRecords(pki.dir).slice(before);
     return fresh.length > 0 && fresh;
   }, 15_000, 'the audit record of the handshake');
   return { result, records };

@@ -9,8 +9,9 @@ import { join } from 'node:path';
 import { startDaemon, writeKeyDir, generateKey, type RunningDaemon } from '../helpers/daemon';
 import { makeTestPki, type TestPki } from '../helpers/pki';
 import { freePort } from '../helpers/ports';
-import { auditedHandshake, auditRecords, ensureModule, handshake, IS_ROOT, keyUri, MODULE, moduleEnv, openDir, run, selfSigned, startAgent, startNginx, waitForChildrenAs, type Agent, type Nginx } from './harness';
+import { auditedHandshake, ensureModule, handshake, IS_ROOT, keyUri, MODULE, moduleEnv, openDir, run, selfSigned, startAgent, startNginx, waitForChildrenAs, type Agent, type Nginx } from './harness';
 import { until } from '../helpers/until';
+import { auditRecords } from '../helpers/audit';
 
 const rsaKey = generateKey({ name: 'edge-rsa', type: 'rsa', bits: 2048 });
 const ecKey = generateKey({ name: 'edge-p256', type: 'ec', curve: 'P-256' });
@@ -118,9 +119,9 @@ test('TLS 1.2 plain RSA key exchange fails in nginx (OpenSSL 3 engine keys lack 
   const refused = await run('openssl', ['pkeyutl', '-engine', 'pkcs11', '-keyform', 'engine', '-inkey', keyUri('edge-rsa-locked'), '-decrypt', '-in', join(work, 'locked.enc')], { env });
   expect(refused.code).toBe(1); // refused, not crashed
   expect(refused.stdout).not.toContain('premaster');
-  const denial = await until(() => auditRecords(pki).find((r) => r.operation === 'decrypt_raw' && r.key?.name === 'edge-rsa-locked'), 15_000, 'the audited decrypt denial');
+  const denial = await until(() => auditRecords(pki.dir).find((r) => r.operation === 'decrypt_raw' && r.key?.name === 'edge-rsa-locked'), 15_000, 'the audited decrypt denial');
   expect(denial).toMatchObject({ result: 'FORBIDDEN', client: expect.objectContaining({ subject: expect.stringContaining('CN=edge agent nginx-1') }) });
-  expect(auditRecords(pki)).toContainEqual(expect.objectContaining({ operation: 'decrypt_raw', result: 'ok', key: expect.objectContaining({ name: 'edge-rsa' }) }));
+  expect(auditRecords(pki.dir)).toContainEqual(expect.objectContaining({ operation: 'decrypt_raw', result: 'ok', key: expect.objectContaining({ name: 'edge-rsa' }) }));
 });
 
 test('pkcs11-tool lists the objects truthfully, signs (verified with the public key) and passes --test', async () => {

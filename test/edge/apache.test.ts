@@ -4,12 +4,11 @@
  * in keylessd; real clients check every handshake and the page; keylessd audits each
  * signature under the agent's identity.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startDaemon, writeKeyDir, generateKey, type RunningDaemon } from '../helpers/daemon';
 import { makeTestPki, type TestPki } from '../helpers/pki';
 import { freePort } from '../helpers/ports';
-import { auditedHandshake, ensureModule, handshake, IS_ROOT, keyUri, moduleEnv, openDir, run, selfSigned, startAgent, startApache, waitForChildrenAs, type Agent, type Apache } from './harness';
+import { auditedHandshake, ensureModule, handshake, IS_ROOT, keyUri, moduleEnv, openDir, run, selfSignedCertificates, startAgent, startApache, waitForChildrenAs, type Agent, type Apache } from './harness';
 import { until } from '../helpers/until';
 
 const rsaKey = generateKey({ name: 'apache-rsa', type: 'rsa', bits: 2048 });
@@ -32,10 +31,9 @@ beforeAll(async () => {
   server = await startDaemon({ backends: [{ type: 'file', dir: keyDir }], keys: { 'apache-rsa': { decrypt: true, decrypt_raw: true } } }, pki);
   agent = await startAgent(pki, [server.url]);
   const work = openDir('keylessd-edge-apache-');
-  const rsaCert = selfSigned(join(keyDir, 'apache-rsa.pem'), join(work, 'rsa.crt'));
-  const ecCert = selfSigned(join(keyDir, 'apache-p256.pem'), join(work, 'p256.crt'));
-  caFile = join(work, 'trusted.pem');
-  writeFileSync(caFile, readFileSync(rsaCert, 'utf8') + readFileSync(ecCert, 'utf8'));
+  const issued = selfSignedCertificates(keyDir, work, ['apache-rsa', 'apache-p256']);
+  const [rsaCert, ecCert] = issued.certs as [string, string];
+  caFile = issued.caFile;
   apache = await startApache(moduleEnv(agent.socket, work), await freePort(), [
     { cert: ecCert, key: keyUri('apache-p256') },
     { cert: rsaCert, key: keyUri('apache-rsa') },

@@ -3,13 +3,13 @@
  * killed under load, a key removed by reload, garbage on the agent's socket. nginx is never
  * restarted; its master pid is checked to prove it.
  */
-import { unlinkSync, writeFileSync, readFileSync } from 'node:fs';
+import { unlinkSync, readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { generateKey, startDaemon, writeKeyDir, type RunningDaemon } from '../helpers/daemon';
 import { makeTestPki, type TestPki } from '../helpers/pki';
 import { freePort } from '../helpers/ports';
-import { agentRequest, ensureModule, handshake, keyUri, MODULE, moduleEnv, openDir, run, selfSigned, startAgent, startNginx, type Agent, type Nginx } from './harness';
+import { agentRequest, ensureModule, handshake, keyUri, MODULE, moduleEnv, openDir, run, selfSignedCertificates, startAgent, startNginx, type Agent, type Nginx } from './harness';
 import { until } from '../helpers/until';
 
 const TIMEOUT_MS = 1500; // the module's KEYLESSD_PKCS11_TIMEOUT_MS here
@@ -48,10 +48,9 @@ beforeAll(async () => {
   work = openDir('keylessd-edge-faults-');
   agent = await startAgent(pki, urls(), { socketDir: work, metricsPort: await freePort() });
   env = moduleEnv(agent.socket, work, TIMEOUT_MS);
-  const ecCert = selfSigned(join(keyDir, 'edge-p256.pem'), join(work, 'p256.crt'));
-  const rsaCert = selfSigned(join(keyDir, 'edge-rsa.pem'), join(work, 'rsa.crt'));
-  caFile = join(work, 'trusted.pem');
-  writeFileSync(caFile, readFileSync(ecCert, 'utf8') + readFileSync(rsaCert, 'utf8'));
+  const issued = selfSignedCertificates(keyDir, work, ['edge-p256', 'edge-rsa']);
+  const [ecCert, rsaCert] = issued.certs as [string, string];
+  caFile = issued.caFile;
   nginxPort = await freePort();
   nginx = await startNginx(env, [
     {

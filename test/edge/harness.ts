@@ -182,11 +182,21 @@ export function moduleEnv(socket: string, dir: string, timeoutMs = 1500): NodeJS
   return { OPENSSL_CONF: conf, KEYLESSD_PKCS11_SOCKET: socket, KEYLESSD_PKCS11_TIMEOUT_MS: String(timeoutMs), KEYLESSD_PKCS11_KEYS_TTL_MS: '100', KEYLESSD_PKCS11_CONF: join(dir, 'none.conf') };
 }
 
-/** A self-signed certificate for `localhost` over the key in `keyFile` (the test's copy; the edge never reads it). */
-export function selfSigned(keyFile: string, out: string): string {
-  execFileSync('openssl', ['req', '-x509', '-new', '-key', keyFile, '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost', '-days', '2', '-out', out], { stdio: 'pipe' });
-  chmodSync(out, 0o644);
-  return out;
+/**
+ * A self-signed certificate for `localhost` over each named key of `keyDir` (the test's copies;
+ * the edge never reads them), written to `dir` as NAME.crt, and one file trusting them all for
+ * the clients: `certs` in the order of `names`.
+ */
+export function selfSignedCertificates(keyDir: string, dir: string, names: readonly string[]): { certs: string[]; caFile: string } {
+  const certs = names.map((name) => {
+    const out = join(dir, `${name}.crt`);
+    execFileSync('openssl', ['req', '-x509', '-new', '-key', join(keyDir, `${name}.pem`), '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost', '-days', '2', '-out', out], { stdio: 'pipe' });
+    chmodSync(out, 0o644);
+    return out;
+  });
+  const caFile = join(dir, 'trusted.pem');
+  writeFileSync(caFile, certs.map((cert) => readFileSync(cert, 'utf8')).join(''));
+  return { certs, caFile };
 }
 
 export interface Nginx extends ServerProcess {

@@ -4,12 +4,12 @@
  * real clients (openssl s_client, curl) check every handshake and the page.
  */
 import { createPublicKey } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startDaemon, writeKeyDir, generateKey, type RunningDaemon } from '../helpers/daemon';
 import { makeTestPki, type TestPki } from '../helpers/pki';
 import { freePort } from '../helpers/ports';
-import { auditedHandshake, ensureModule, handshake, IS_ROOT, keyUri, MODULE, moduleEnv, openDir, run, selfSigned, startAgent, startNginx, waitForChildrenAs, type Agent, type Nginx } from './harness';
+import { auditedHandshake, ensureModule, handshake, IS_ROOT, keyUri, MODULE, moduleEnv, openDir, run, selfSignedCertificates, startAgent, startNginx, waitForChildrenAs, type Agent, type Nginx } from './harness';
 import { until } from '../helpers/until';
 import { auditRecords } from '../helpers/audit';
 
@@ -41,10 +41,9 @@ beforeAll(async () => {
   agent = await startAgent(pki, [server.url], { metricsPort: await freePort() });
   work = openDir('keylessd-edge-');
   env = moduleEnv(agent.socket, work);
-  rsaCert = selfSigned(join(keyDir, 'edge-rsa.pem'), join(work, 'rsa.crt'));
-  ecCert = selfSigned(join(keyDir, 'edge-p256.pem'), join(work, 'p256.crt'));
-  caFile = join(work, 'trusted.pem');
-  writeFileSync(caFile, readFileSync(rsaCert, 'utf8') + readFileSync(ecCert, 'utf8'));
+  const issued = selfSignedCertificates(keyDir, work, ['edge-rsa', 'edge-p256']);
+  [rsaCert, ecCert] = issued.certs as [string, string];
+  caFile = issued.caFile;
   nginx = await startNginx(env, [
     {
       port: await freePort(),

@@ -15,15 +15,11 @@ import {
   type KeylessError,
 } from '../errors';
 import { describeKeyRef, type KeyRef, type KeyRegistry, type RegisteredKey } from './keys/registry';
-import type { Backend } from './keys/types';
 import type { Logger } from '../log';
 import type { Metrics } from '../metrics/metrics';
 import type { Membership, Operation, Policy } from './policy/policy';
-import { DEFAULT_MAX_QUEUED, FairScheduler, backendParallelism, callCost } from './fair-scheduler';
+import { DEFAULT_MAX_QUEUED, FairScheduler, backendParallelism, callCost, type Job } from './fair-scheduler';
 import type { RequestFacts, SessionInfo } from './request';
-
-/** What is asked of a key: a signature with a named algorithm, or a decryption with a padding. */
-type OperationRequest = { readonly operation: 'sign'; readonly algorithm: AlgorithmName } | { readonly operation: 'decrypt' | 'decrypt_raw'; readonly padding: DecryptPadding };
 
 export type SignInput = { readonly digest: Buffer } | { readonly message: Buffer };
 
@@ -51,12 +47,6 @@ export interface AuditSink {
  */
 export class Dispatcher {
   private inflightTotal = 0;
-  /**
-   * Backend calls not yet settled, per backend. A request past its deadline is answered
-   * TIMEOUT but its call keeps running; counting calls until they settle keeps a hung
-   * backend from accumulating unbounded work behind answered requests.
-   */
-  private readonly outstanding = new Map<Backend, number>();
   /** Turns on each backend, round-robin across sessions, so one session's backlog cannot starve another. */
   private readonly scheduler = new FairScheduler(backendParallelism, () => this.state().maxQueuedPerBackend ?? DEFAULT_MAX_QUEUED);
 
@@ -86,11 +76,7 @@ export class Dispatcher {
 
   /** `algorithm` names the request in metrics, policy and audit: a keyless.v1 algorithm, or the compat port's equivalent. */
   sign(session: SessionInfo, ref: KeyRef, algorithm: AlgorithmName, scheme: SignScheme, input: SignInput, facts?: RequestFacts): Promise<Buffer> {
-    return this.track(session, { operation: 'sign', algorithm }, ref, facts, async (key) => {
-      const type = key.handle.publicKey.type;
-      if (keyTypeOf(scheme) !== type) throw new UnsupportedError(`key ${key.handle.name} is ${type}; it cannot sign ${describeScheme(scheme)}`);
-      return key.handle.sign(scheme, signingInput(scheme, input));
-    });
+    return this.track(session, new SignCall(this.metrics, algorithm, scheme, input), ref, facts);
   }
 
   /**
@@ -98,17 +84,7 @@ export class Dispatcher {
    * signs anything. It needs the key's `decrypt_raw: true` and, under a policy, that operation.
    */
   decrypt(session: SessionInfo, ref: KeyRef, padding: DecryptPadding, ciphertext: Buffer, facts?: RequestFacts): Promise<Buffer> {
-    const operation: Operation = padding === 'rsa-raw' ? 'decrypt_raw' : 'decrypt';
-    return this.track(session, { operation, padding }, ref, facts, async (key) => {
-      if (key.handle.publicKey.type !== 'rsa') throw new UnsupportedError(`key ${key.handle.name} is ${key.handle.publicKey.type}; only RSA keys decrypt`);
-      if (operation === 'decrypt_raw' && !key.rawDecryptAllowed) throw new ForbiddenError(`raw RSA decryption (RSA_RAW) is not enabled for key ${key.handle.name} (decrypt_raw)`);
-      if (operation === 'decrypt' && !key.decryptAllowed) throw new ForbiddenError(`decryption is not enabled for key ${key.handle.name}`);
-      const modulusBytes = Math.ceil(key.handle.publicKey.bits / 8);
-      if (ciphertext.length !== modulusBytes) {
-        throw new BadRequestError(`ciphertext for key ${key.handle.name} must be ${modulusBytes} bytes, got ${ciphertext.length}`);
-      }
-      return key.handle.decrypt(padding, ciphertext);
-    });
+    return this.track(session, new DecryptCall(this.metrics, padding, ciphertext), ref, facts);
   }
 
   /** The keys this session may use. */
@@ -136,18 +112,11 @@ export class Dispatcher {
     return session.membership.groups;
   }
 
-  private async track(
-    session: SessionInfo,
-    request: OperationRequest,
-    ref: KeyRef,
-    facts: RequestFacts | undefined,
-    work: (key: RegisteredKey) => Promise<Buffer>,
-  ): Promise<Buffer> {
-    const { operation } = request;
-    const algorithm = request.operation === 'sign' ? request.algorithm : request.padding;
+  private async track(session: SessionInfo, call: BackendCall, ref: KeyRef, facts: RequestFacts | undefined): Promise<Buffer> {
+    const { operation, label } = call;
     const state = this.state();
     if (session.inflight >= state.maxInflightPerSession || this.inflightTotal >= state.maxInflightTotal) {
-      this.metrics.recordRequest(session.listener, operation, algorithm, 'none', 'OVERLOADED', 0);
+      this.metrics.recordRequest(session.listener, operation, label, 'none', 'OVERLOADED', 0);
       throw new OverloadedError(
         session.inflight >= state.maxInflightPerSession
           ? `this session already has ${session.inflight} requests in flight (limit ${state.maxInflightPerSession})`
@@ -158,37 +127,39 @@ export class Dispatcher {
     session.inflight += 1;
     this.inflightTotal += 1;
     registry.inflight += 1;
-    this.metrics.inflightFor(session.listener).inc();
+    const inflight = this.metrics.inflightFor(session.listener);
+    inflight.inc();
     const started = Date.now();
-    const startedNs = process.hrtime.bigint();
+    const startedMs = performance.now();
     let key: RegisteredKey | undefined;
-    let outcome: { result: Buffer } | { failure: KeylessError };
+    let result: Buffer | undefined;
+    let failure: KeylessError | undefined;
     try {
       key = registry.find(ref);
       if (!key) throw new KeyNotFoundError(`no key with ${describeKeyRef(ref)}`);
-      this.authorize(session, state.policy, key, request, facts);
+      this.authorize(session, state.policy, key, call, facts);
       if (this.audit?.refuseUnlogged && !this.audit.log.writable()) throw new BackendUnavailableError('the audit log cannot be written; refusing key operations until it can');
-      outcome = { result: await this.call(key, operation, work, session) };
+      result = await this.schedule(key, call, session);
     } catch (err) {
-      outcome = { failure: toKeylessError(err) };
-      if (outcome.failure.code === 'INTERNAL') this.logger.error({ err, session: session.id }, 'request failed with an internal error');
+      failure = toKeylessError(err);
+      if (failure.code === 'INTERNAL') this.logger.error({ err, session: session.id }, 'request failed with an internal error');
     } finally {
       session.inflight -= 1;
       this.inflightTotal -= 1;
       registry.inflight -= 1;
-      this.metrics.inflightFor(session.listener).dec();
+      inflight.dec();
     }
     const backend = key?.handle.backend.name ?? 'none';
-    const result = 'result' in outcome ? 'ok' : outcome.failure.code;
-    this.metrics.recordRequest(session.listener, operation, algorithm, backend, result, Number(process.hrtime.bigint() - startedNs) / 1e9);
-    if ('failure' in outcome && SUMMARISED_RESULTS.has(result)) {
+    const outcome = failure ? failure.code : 'ok';
+    this.metrics.recordRequest(session.listener, operation, label, backend, outcome, (performance.now() - startedMs) / 1000);
+    if (failure && SUMMARISED_RESULTS.has(outcome)) {
       // No refusal is silent, but a flood of them costs one full record and one log line per
       // client, key and result per second, plus a summary with the count.
-      if (!this.refusals.admit(`${session.identity.fingerprint}|${session.listener}|${key?.handle.name ?? ''}`, result, () => this.records.sessionFields(session))) throw outcome.failure;
-      const reason = boundedText(outcome.failure instanceof ForbiddenError ? (outcome.failure.reason ?? outcome.failure.message) : outcome.failure.message, 512);
+      if (!this.refusals.admit(`${session.identity.fingerprint}|${session.listener}|${key?.handle.name ?? ''}`, outcome, () => this.records.sessionFields(session))) throw failure;
+      const reason = boundedText(failure instanceof ForbiddenError ? (failure.reason ?? failure.message) : failure.message, 512);
       this.logger.warn(
-        { session: session.id, peer: session.peer, subject: boundedText(session.identity.subject, FIELD_LIMITS.subject), key: key?.handle.name ?? boundedText(describeKeyRef(ref), FIELD_LIMITS.keyName), operation, result, reason },
-        `refused ${operation} with ${key ? `key ${key.handle.name}` : 'an unknown key'}: ${result}: ${reason}`,
+        { session: session.id, peer: session.peer, subject: boundedText(session.identity.subject, FIELD_LIMITS.subject), key: key?.handle.name ?? boundedText(describeKeyRef(ref), FIELD_LIMITS.keyName), operation, result: outcome, reason },
+        `refused ${operation} with ${key ? `key ${key.handle.name}` : 'an unknown key'}: ${outcome}: ${reason}`,
       );
     }
     if (this.audit) {
@@ -196,9 +167,9 @@ export class Dispatcher {
         this.records.operation({
           session,
           operation,
-          algorithm,
+          algorithm: label,
           key: key ? key.handle : { requested: describeKeyRef(ref) },
-          result,
+          result: outcome,
           started,
           durationMs: Date.now() - started,
           context: facts,
@@ -207,13 +178,13 @@ export class Dispatcher {
       if (this.audit.refuseUnlogged) await written;
       else written.catch(() => {});
     }
-    if ('failure' in outcome) throw outcome.failure;
-    return outcome.result;
+    if (failure) throw failure;
+    return result!;
   }
 
-  private authorize(session: SessionInfo, policy: Policy, key: RegisteredKey, request: OperationRequest, facts: RequestFacts | undefined): void {
-    const { operation } = request;
-    const decision = policy.check(this.membership(session, policy), key.handle.name, operation, request.operation === 'sign' ? request.algorithm : undefined, facts?.complianceRegion);
+  private authorize(session: SessionInfo, policy: Policy, key: RegisteredKey, call: BackendCall, facts: RequestFacts | undefined): void {
+    const { operation } = call;
+    const decision = policy.check(this.membership(session, policy), key.handle.name, operation, call instanceof SignCall ? call.label : undefined, facts?.complianceRegion);
     if (decision.allowed) return;
     this.metrics.policyDenials.inc({ key: key.handle.name });
     throw new ForbiddenError(`${operation} with key ${key.handle.name} is not allowed for this client`, decision.reason);
@@ -224,23 +195,89 @@ export class Dispatcher {
    * The call then waits for its turn on the backend (FairScheduler: round-robin across sessions); its deadline
    * counts from here, so time spent waiting counts, and a call still waiting at its deadline never runs.
    */
-  private call(key: RegisteredKey, operation: Operation, work: (key: RegisteredKey) => Promise<Buffer>, session: SessionInfo): Promise<Buffer> {
+  private schedule(key: RegisteredKey, call: BackendCall, session: SessionInfo): Promise<Buffer> {
     const store = key.handle.backend;
     if (!store.healthy()) throw new BackendUnavailableError(`backend ${store.name} is down; retry on another server`);
-    const running = this.outstanding.get(store) ?? 0;
+    // A request past its deadline is answered TIMEOUT but its call keeps running: counting calls
+    // until they return keeps a hung backend from accumulating unbounded work behind answered requests.
+    const running = this.scheduler.running(store);
     if (running >= this.state().maxInflightTotal) throw new BackendUnavailableError(`backend ${store.name} has ${running} calls that have not returned; retry on another server`);
     const cost = callCost(store, key.handle.publicKey.type);
     const hung = this.scheduler.stalled(store, cost);
     if (hung !== undefined) throw new BackendUnavailableError(`backend ${store.name} has ${hung} calls past their deadline that have not returned; retry on another server`);
-    const what = `${operation} with key ${key.handle.name} on backend ${store.name}`;
-    return this.scheduler.run(store, session, store.timeoutMs, what, () => {
-      this.outstanding.set(store, (this.outstanding.get(store) ?? 0) + 1);
-      const started = process.hrtime.bigint();
-      return work(key).finally(() => {
-        this.outstanding.set(store, this.outstanding.get(store)! - 1);
-        this.metrics.recordBackendCall(store.name, operation, Number(process.hrtime.bigint() - started) / 1e9);
-      });
-    }, cost); // the scheduler's one deadline covers the wait for a slot and the call itself (TimeoutError)
+    call.key = key;
+    // The scheduler's one deadline covers the wait for a slot and the call itself (TimeoutError).
+    return this.scheduler.run(store, session, store.timeoutMs, call, cost);
+  }
+}
+
+/** One operation on a key, as the scheduler runs it: a plain object, no closures per request. */
+abstract class BackendCall implements Job<Buffer> {
+  abstract readonly operation: Operation;
+  /** The algorithm or padding: what names the request in metrics and audit. */
+  abstract readonly label: AlgorithmName | DecryptPadding;
+  /** Set once the key is found. */
+  key!: RegisteredKey;
+  private startedMs = 0;
+
+  constructor(private readonly metrics: Metrics) {}
+
+  start(): Promise<Buffer> {
+    this.startedMs = performance.now();
+    return this.run(this.key);
+  }
+
+  returned(): void {
+    this.metrics.recordBackendCall(this.key.handle.backend.name, this.operation, (performance.now() - this.startedMs) / 1000);
+  }
+
+  describe(): string {
+    return `${this.operation} with key ${this.key.handle.name} on backend ${this.key.handle.backend.name}`;
+  }
+
+  /** Checks what only the key can tell (its type, its decrypt flags) and calls the backend. */
+  protected abstract run(key: RegisteredKey): Promise<Buffer>;
+}
+
+class SignCall extends BackendCall {
+  readonly operation = 'sign';
+
+  constructor(
+    metrics: Metrics,
+    readonly label: AlgorithmName,
+    private readonly scheme: SignScheme,
+    private readonly input: SignInput,
+  ) {
+    super(metrics);
+  }
+
+  protected run(key: RegisteredKey): Promise<Buffer> {
+    const type = key.handle.publicKey.type;
+    if (keyTypeOf(this.scheme) !== type) throw new UnsupportedError(`key ${key.handle.name} is ${type}; it cannot sign ${describeScheme(this.scheme)}`);
+    return key.handle.sign(this.scheme, signingInput(this.scheme, this.input));
+  }
+}
+
+class DecryptCall extends BackendCall {
+  readonly operation: Operation;
+
+  constructor(
+    metrics: Metrics,
+    readonly label: DecryptPadding,
+    private readonly ciphertext: Buffer,
+  ) {
+    super(metrics);
+    this.operation = label === 'rsa-raw' ? 'decrypt_raw' : 'decrypt';
+  }
+
+  protected run(key: RegisteredKey): Promise<Buffer> {
+    const { handle } = key;
+    if (handle.publicKey.type !== 'rsa') throw new UnsupportedError(`key ${handle.name} is ${handle.publicKey.type}; only RSA keys decrypt`);
+    if (this.operation === 'decrypt_raw' && !key.rawDecryptAllowed) throw new ForbiddenError(`raw RSA decryption (RSA_RAW) is not enabled for key ${handle.name} (decrypt_raw)`);
+    if (this.operation === 'decrypt' && !key.decryptAllowed) throw new ForbiddenError(`decryption is not enabled for key ${handle.name}`);
+    const modulusBytes = Math.ceil(handle.publicKey.bits / 8);
+    if (this.ciphertext.length !== modulusBytes) throw new BadRequestError(`ciphertext for key ${handle.name} must be ${modulusBytes} bytes, got ${this.ciphertext.length}`);
+    return handle.decrypt(this.label, this.ciphertext);
   }
 }
 

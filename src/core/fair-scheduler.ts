@@ -42,24 +42,46 @@ export function callCost(backend: { readonly kind: string }, keyType: string): n
   return keyType === 'rsa' ? 1 : CHEAP_CALL_COST;
 }
 
-interface Task {
-  readonly deadline: number;
-  readonly cost: number;
-  start(): void;
-  expire(): void;
-  timer?: NodeJS.Timeout;
+/** What the scheduler runs: the backend call, and how to name it in a TIMEOUT or OVERLOADED message. */
+export interface Job<T> {
+  /** Starts the backend call; `remainingMs` is what is left of the deadline. */
+  start(remainingMs: number): Promise<T>;
+  /** Called once the backend call has returned, answered or not (it held its share until then). */
+  returned?(): void;
+  /** What the call is, for error messages (built only when one is needed). */
+  describe(): string;
+}
+
+/** One call from admission to its answer. A plain object with no closures: the hot path allocates little. */
+class Scheduled<T> {
+  answered = false;
+  constructor(
+    readonly queue: BackendQueue,
+    readonly session: object,
+    readonly deadline: number,
+    readonly timeoutMs: number,
+    readonly cost: number,
+    readonly job: Job<T>,
+    readonly resolve: (value: T) => void,
+    readonly reject: (err: unknown) => void,
+  ) {}
 }
 
 interface BackendQueue {
   readonly limit: number;
-  /** The calls running on the backend (they hold their share until they return). */
-  readonly running: Set<{ readonly deadline: number; readonly cost: number }>;
+  /** The calls running on the backend (they hold their share until they return, answered or not). */
+  readonly running: Set<Scheduled<unknown>>;
   /** Sum of the running calls' costs. */
   load: number;
   /** Sessions with queued calls, in round-robin order (a Map keeps insertion order). */
-  readonly sessions: Map<object, Set<Task>>;
+  readonly sessions: Map<object, Set<Scheduled<unknown>>>;
   /** Sum of the queued calls' costs. */
   queuedCost: number;
+  /** Calls not yet answered, queued or running, oldest first: what the deadline sweep looks at. */
+  readonly unanswered: Set<Scheduled<unknown>>;
+  /** One timer per backend, set for the earliest deadline, instead of one per call. */
+  sweep?: NodeJS.Timeout;
+  sweepAt: number;
 }
 
 /**
@@ -80,12 +102,12 @@ export class FairScheduler {
   ) {}
 
   /**
-   * Runs `start(remainingMs)` when the backend has a free slot and it is this session's
+   * Runs `job.start(remainingMs)` when the backend has a free slot and it is this session's
    * turn. The slot is held until the promise `start` returns settles; `remainingMs` is
    * what is left of `timeoutMs` when it starts. The returned promise rejects with
    * TimeoutError when `timeoutMs` passes first, whether the call was still waiting for a
    * slot (it then never runs) or running (it keeps its slot until it returns: native and
-   * HSM calls cannot be cancelled). One timer and one promise per call cover both.
+   * HSM calls cannot be cancelled).
    *
    * Overload is shed at the door: when the calls already waiting on this backend cost
    * `maxQueued` or more, the call is refused at once with OVERLOADED instead of joining a
@@ -94,7 +116,7 @@ export class FairScheduler {
    * waiting) is still let in, so a flood that fills the queue does not shut a quiet
    * session out; the queue can then exceed maxQueued by at most about as much again.
    */
-  run<T>(backend: object, session: object, timeoutMs: number, what: string, start: (remainingMs: number) => Promise<T>, cost = 1): Promise<T> {
+  run<T>(backend: object, session: object, timeoutMs: number, job: Job<T>, cost = 1): Promise<T> {
     const queue = this.queueFor(backend);
     if (queue.queuedCost > 0) {
       const limit = this.maxQueued();
@@ -102,75 +124,30 @@ export class FairScheduler {
         const own = queue.sessions.get(session);
         const sessions = queue.sessions.size + (own ? 0 : 1);
         if (((own?.size ?? 0) + 1) * cost > limit / sessions) {
-          return Promise.reject(new OverloadedError(`${what}: the backend is saturated (${Math.round(queue.queuedCost)} calls' worth waiting for a turn, limit ${limit}); retry later or on another server`));
+          return Promise.reject(new OverloadedError(`${job.describe()}: the backend is saturated (${Math.round(queue.queuedCost)} calls' worth waiting for a turn, limit ${limit}); retry later or on another server`));
         }
       }
     }
-    return new Promise<T>((resolve, reject) => {
-      const deadline = Date.now() + timeoutMs;
-      let settled = false;
-      const task: Task = {
-        deadline,
-        cost,
-        start: () => {
-          const slot = { deadline, cost };
-          queue.running.add(slot);
-          queue.load += cost;
-          let call: Promise<T>;
-          try {
-            call = start(Math.max(1, deadline - Date.now()));
-          } catch (err) {
-            call = Promise.reject(err);
-          }
-          const release = () => {
-            queue.running.delete(slot);
-            queue.load = queue.running.size === 0 ? 0 : queue.load - cost;
-            this.pump(queue);
-          };
-          call.then(
-            (value) => {
-              release();
-              if (settled) return;
-              settled = true;
-              clearTimeout(task.timer);
-              resolve(value);
-            },
-            (err: unknown) => {
-              release();
-              if (settled) return;
-              settled = true;
-              clearTimeout(task.timer);
-              reject(err);
-            },
-          );
-        },
-        expire: () => {
-          settled = true;
-          reject(new TimeoutError(`${what}: no backend slot within ${timeoutMs} ms`));
-        },
-      };
-      task.timer = setTimeout(() => {
-        if (settled) return;
-        const waiting = queue.sessions.get(session);
-        if (waiting?.delete(task)) {
-          // Still queued: it never reaches the backend.
-          if (waiting.size === 0) queue.sessions.delete(session);
-          queue.queuedCost = queue.sessions.size === 0 ? 0 : queue.queuedCost - cost;
-          task.expire();
-          return;
-        }
-        settled = true;
-        reject(new TimeoutError(`${what} did not finish within ${timeoutMs} ms`));
-      }, timeoutMs);
-      if (queue.sessions.size === 0 && fits(queue, cost)) return task.start();
-      let tasks = queue.sessions.get(session);
-      if (!tasks) {
-        tasks = new Set();
-        queue.sessions.set(session, tasks);
-      }
-      tasks.add(task);
-      queue.queuedCost += cost;
+    const deadline = Date.now() + timeoutMs;
+    let call!: Scheduled<T>;
+    const answer = new Promise<T>((resolve, reject) => {
+      call = new Scheduled(queue, session, deadline, timeoutMs, cost, job, resolve, reject);
     });
+    const entry = call as Scheduled<unknown>;
+    queue.unanswered.add(entry);
+    this.sweepBy(queue, deadline);
+    if (queue.sessions.size === 0 && fits(queue, cost)) {
+      this.start(entry);
+    } else {
+      let calls = queue.sessions.get(session);
+      if (!calls) {
+        calls = new Set();
+        queue.sessions.set(session, calls);
+      }
+      calls.add(entry);
+      queue.queuedCost += cost;
+    }
+    return answer;
   }
 
   /**
@@ -182,42 +159,120 @@ export class FairScheduler {
     const queue = this.queues.get(backend);
     if (!queue || fits(queue, cost)) return undefined;
     const now = Date.now();
-    for (const slot of queue.running) if (slot.deadline > now) return undefined;
+    for (const call of queue.running) if (call.deadline > now) return undefined;
     return queue.running.size;
+  }
+
+  /** Calls on `backend` that have started and not returned (answered TIMEOUT or not). */
+  running(backend: object): number {
+    return this.queues.get(backend)?.running.size ?? 0;
   }
 
   /** Calls waiting for a slot on `backend`. */
   queued(backend: object): number {
     let n = 0;
-    for (const tasks of this.queues.get(backend)?.sessions.values() ?? []) n += tasks.size;
+    for (const calls of this.queues.get(backend)?.sessions.values() ?? []) n += calls.size;
     return n;
   }
 
   private queueFor(backend: object): BackendQueue {
     let queue = this.queues.get(backend);
     if (!queue) {
-      queue = { limit: Math.max(1, this.parallelism(backend)), running: new Set(), load: 0, sessions: new Map(), queuedCost: 0 };
+      queue = { limit: Math.max(1, this.parallelism(backend)), running: new Set(), load: 0, sessions: new Map(), queuedCost: 0, unanswered: new Set(), sweepAt: Infinity };
       this.queues.set(backend, queue);
     }
     return queue;
   }
 
+  private start(call: Scheduled<unknown>): void {
+    const { queue } = call;
+    queue.running.add(call);
+    queue.load += call.cost;
+    let returned: Promise<unknown>;
+    try {
+      returned = call.job.start(Math.max(1, call.deadline - Date.now()));
+    } catch (err) {
+      returned = Promise.reject(err);
+    }
+    returned.then(
+      (value) => this.returned(call, true, value),
+      (err: unknown) => this.returned(call, false, err),
+    );
+  }
+
+  /** The backend call returned: its slot goes to the next session in turn, then the caller gets the answer (unless its deadline came first). */
+  private returned(call: Scheduled<unknown>, ok: boolean, outcome: unknown): void {
+    const { queue } = call;
+    queue.running.delete(call);
+    queue.load = queue.running.size === 0 ? 0 : queue.load - call.cost; // no float drift left behind
+    call.job.returned?.();
+    this.pump(queue);
+    if (call.answered) return;
+    call.answered = true;
+    queue.unanswered.delete(call);
+    if (ok) call.resolve(outcome);
+    else call.reject(outcome);
+  }
+
   private pump(queue: BackendQueue): void {
     while (queue.sessions.size > 0) {
-      const [session, tasks] = queue.sessions.entries().next().value as [object, Set<Task>];
-      const task = tasks.values().next().value as Task;
+      const calls = queue.sessions.values().next().value as Set<Scheduled<unknown>>;
+      const call = calls.values().next().value as Scheduled<unknown>;
       // Strict turns: the session whose turn it is waits for room rather than be overtaken.
-      if (!fits(queue, task.cost)) return;
-      tasks.delete(task);
-      // This session had its turn: to the back of the line, if it has more.
-      queue.sessions.delete(session);
-      if (tasks.size > 0) queue.sessions.set(session, tasks);
-      queue.queuedCost = queue.sessions.size === 0 ? 0 : queue.queuedCost - task.cost; // no float drift left behind
-      if (Date.now() >= task.deadline) {
-        clearTimeout(task.timer);
-        task.expire();
-      } else task.start(); // its timer now bounds the running call
+      if (!fits(queue, call.cost)) return;
+      this.dequeue(call, true);
+      if (Date.now() >= call.deadline) this.expire(call);
+      else this.start(call);
     }
+  }
+
+  /**
+   * Takes a queued call out of its session's queue. `tookTurn`: the session had its turn and
+   * goes to the back of the line if it has more; a call that merely expired leaves its
+   * session where it was.
+   */
+  private dequeue(call: Scheduled<unknown>, tookTurn: boolean): void {
+    const { queue, session } = call;
+    const calls = queue.sessions.get(session)!;
+    calls.delete(call);
+    if (calls.size === 0) queue.sessions.delete(session);
+    else if (tookTurn) {
+      queue.sessions.delete(session);
+      queue.sessions.set(session, calls);
+    }
+    queue.queuedCost = queue.sessions.size === 0 ? 0 : queue.queuedCost - call.cost; // no float drift left behind
+  }
+
+  /** Answers TIMEOUT; a call still queued never reaches the backend, a running one keeps its slot until it returns. */
+  private expire(call: Scheduled<unknown>): void {
+    call.answered = true;
+    call.queue.unanswered.delete(call);
+    const queued = !call.queue.running.has(call);
+    call.reject(new TimeoutError(queued ? `${call.job.describe()}: no backend slot within ${call.timeoutMs} ms` : `${call.job.describe()} did not finish within ${call.timeoutMs} ms`));
+  }
+
+  /** Makes sure the sweep runs by `deadline`. Deadlines mostly arrive in order, so the timer is rarely set again. */
+  private sweepBy(queue: BackendQueue, deadline: number): void {
+    if (queue.sweep && queue.sweepAt <= deadline) return;
+    clearTimeout(queue.sweep);
+    queue.sweepAt = deadline;
+    // Unreferenced: a deadline alone keeps no process alive (the calls' own I/O does).
+    queue.sweep = setTimeout(() => this.sweep(queue), Math.max(1, deadline - Date.now())).unref();
+  }
+
+  /** Answers TIMEOUT to every call past its deadline and sets the timer for the next one. */
+  private sweep(queue: BackendQueue): void {
+    queue.sweep = undefined;
+    const now = Date.now();
+    let next = Infinity;
+    for (const call of queue.unanswered) {
+      if (call.deadline > now) next = Math.min(next, call.deadline);
+      else {
+        if (!queue.running.has(call)) this.dequeue(call, false);
+        this.expire(call);
+      }
+    }
+    if (next !== Infinity) this.sweepBy(queue, next);
   }
 }
 

@@ -20,9 +20,12 @@ describe('FairScheduler', () => {
     const started: string[] = [];
     const release: Array<() => void> = [];
     const submit = (session: object, name: string) =>
-      scheduler.run(backend, session, 60_000, name, () => {
-        started.push(name);
-        return new Promise<void>((resolve) => release.push(resolve));
+      scheduler.run(backend, session, 60_000, {
+        describe: () => name,
+        start: () => {
+          started.push(name);
+          return new Promise<void>((resolve) => release.push(resolve));
+        },
       });
     const all = [submit(a, 'a1'), submit(a, 'a2'), submit(a, 'a3'), submit(a, 'a4'), submit(b, 'b1'), submit(b, 'b2'), submit(c, 'c1')];
     expect(scheduler.queued(backend)).toBe(6);
@@ -40,16 +43,55 @@ describe('FairScheduler', () => {
     const scheduler = new FairScheduler(() => 1);
     const backend = {};
     let releaseFirst!: () => void;
-    const first = scheduler.run(backend, {}, 60_000, 'first', () => new Promise<void>((resolve) => (releaseFirst = resolve)));
+    const first = scheduler.run(backend, {}, 60_000, { describe: () => 'first', start: () => new Promise<void>((resolve) => (releaseFirst = resolve)) });
     let reachedBackend = false;
-    const late = scheduler.run(backend, {}, 50, 'late', async () => {
-      reachedBackend = true;
+    const late = scheduler.run(backend, {}, 50, {
+      describe: () => 'late',
+      start: async () => {
+        reachedBackend = true;
+      },
     });
     await expect(late).rejects.toMatchObject({ code: 'TIMEOUT' });
     expect(scheduler.queued(backend)).toBe(0);
     releaseFirst();
     await first;
     expect(reachedBackend).toBe(false);
+  });
+
+  test('a shorter deadline behind a longer one still expires on time; the queued call behind it keeps its turn', async () => {
+    // One timer per backend is set for the earliest deadline, not the oldest call's.
+    const scheduler = new FairScheduler(() => 1);
+    const backend = {};
+    const session = {};
+    let releaseFirst!: () => void;
+    const first = scheduler.run(backend, session, 60_000, { describe: () => 'first', start: () => new Promise<void>((resolve) => (releaseFirst = resolve)) });
+    const patientStarted: string[] = [];
+    const patient = scheduler.run(backend, session, 60_000, { describe: () => 'patient', start: async () => void patientStarted.push('patient') });
+    const hasty = scheduler.run(backend, session, 50, { describe: () => 'hasty', start: async () => void patientStarted.push('hasty') });
+    await expect(hasty).rejects.toThrow('hasty: no backend slot within 50 ms');
+    expect(scheduler.queued(backend)).toBe(1);
+    releaseFirst();
+    await Promise.all([first, patient]);
+    expect(patientStarted).toEqual(['patient']);
+  });
+
+  test('a running call past its deadline is answered TIMEOUT and keeps its slot until it returns', async () => {
+    const scheduler = new FairScheduler(() => 1);
+    const backend = {};
+    let releaseSlow!: () => void;
+    let returned = 0;
+    const slow = scheduler.run(backend, {}, 50, { describe: () => 'slow', start: () => new Promise<void>((resolve) => (releaseSlow = resolve)), returned: () => void returned++ });
+    await expect(slow).rejects.toThrow('slow did not finish within 50 ms');
+    expect(scheduler.running(backend)).toBe(1);
+    expect(scheduler.stalled(backend)).toBe(1); // full, and every running call is past its deadline
+    let nextStarted = false;
+    const next = scheduler.run(backend, {}, 60_000, { describe: () => 'next', start: async () => void (nextStarted = true) });
+    expect(nextStarted).toBe(false);
+    releaseSlow();
+    await next;
+    expect(nextStarted).toBe(true);
+    expect(returned).toBe(1);
+    expect(scheduler.running(backend)).toBe(0);
   });
 });
 

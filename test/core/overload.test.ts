@@ -15,9 +15,12 @@ describe('FairScheduler queue bound', () => {
     const release: Array<() => void> = [];
     const started: string[] = [];
     const submit = (session: object, name: string) =>
-      scheduler.run(backend, session, 60_000, name, () => {
-        started.push(name);
-        return new Promise<string>((resolve) => release.push(() => resolve(name)));
+      scheduler.run(backend, session, 60_000, {
+        describe: () => name,
+        start: () => {
+          started.push(name);
+          return new Promise<string>((resolve) => release.push(() => resolve(name)));
+        },
       });
     const outcomes: Record<string, string> = {};
     const calls = Array.from({ length: 11 }, (_, i) => {

@@ -38,13 +38,22 @@ export interface AuditLogOptions {
 }
 
 interface Pending {
-  /** The whole line (without newline) for record `seq` whose predecessor hashes to `prev`. */
-  readonly line: (seq: number, prev: string) => string;
+  /**
+   * The record: a JSON object the chain fields are put in front of, or, for records that
+   * depend on their place in the chain (signed ones), the whole line (without newline)
+   * for record `seq` whose predecessor hashes to `prev`.
+   */
+  readonly line: string | ((seq: number, prev: string) => string);
   readonly resolve: () => void;
   readonly reject: (err: Error) => void;
 }
 
 const RETRY_MS = 1000;
+/** What writeChunks returns besides the index of a record that needs a new file. */
+const WRITTEN = -1;
+const FAILED = -2;
+/** The scratch buffer's size: a chunk is at most this many bytes (a longer single record grows it). */
+const SCRATCH_BYTES = 256 * 1024;
 const NOTHING = () => {};
 
 /** `{"seq":…,"prev":…,<fields of json>}`: the chain fields always come first. */
@@ -96,6 +105,8 @@ export class AuditLog {
   private retryTimer?: NodeJS.Timeout;
   /** Bytes of a chunk the disk took only part of; they go out before anything else. */
   private tail?: Buffer;
+  /** Where a chunk's lines are encoded before their one write: reused, so a batch allocates no buffer. */
+  private scratch = Buffer.allocUnsafe(SCRATCH_BYTES);
   private sinceCheckpoint = 0;
   private lastCheckpoint = Date.now();
   private retentionDue = false;
@@ -156,7 +167,7 @@ export class AuditLog {
 
   /** `json` is one record serialised as a JSON object (see serializeAuditRecord). */
   append(json: string): Promise<void> {
-    const written = this.enqueue((seq, prev) => chained(json, seq, prev));
+    const written = this.enqueue(json);
     if (this.options.signer && ++this.sinceCheckpoint >= (this.options.checkpointEveryRecords ?? 10_000)) void this.checkpoint().catch(NOTHING);
     return written;
   }
@@ -216,13 +227,25 @@ export class AuditLog {
     this.writing = true;
     try {
       // The file is checked before every batch; with nothing queued (the periodic tick), once here.
-      if ((this.tail || this.queue.length === 0) && !(await this.checkFile())) return;
-      if (this.tail && !(await this.writeTail())) return;
+      if ((this.tail || this.queue.length === 0) && !(await this.checkFile())) return; // the periodic tick: not on the request path
+      if (this.tail && !this.writeTail()) return;
       while (this.queue.length > 0 && !this.closed) {
-        if (!(await this.checkFile())) return;
+        const same = this.checkFile();
+        if (same !== true && !(await same)) return; // no await (and no promise) while the file is the same
         const batch = this.queue;
         this.queue = [];
-        if (!(await this.writeBatch(batch))) return;
+        for (let from = 0; ; ) {
+          const next = this.writeChunks(batch, from);
+          if (next === WRITTEN) break;
+          if (next === FAILED) return;
+          try {
+            await this.rotate();
+          } catch (err) {
+            this.fail(err as Error, batch.slice(next), []);
+            return;
+          }
+          from = next;
+        }
       }
       if (this.retentionDue) this.applyRetention();
     } finally {
@@ -234,16 +257,21 @@ export class AuditLog {
    * Whether the path still names the file being written. Someone removing or replacing it
    * would otherwise make every later record vanish with it; instead a new file continues
    * the chain, with a record saying what happened. false: the new file could not be made.
+   * Synchronous (a value, not a promise) while the file is the same: the common case.
    */
-  private async checkFile(): Promise<boolean> {
-    const { path } = this.options;
-    const current = statSync(path, { throwIfNoEntry: false });
+  private checkFile(): boolean | Promise<boolean> {
+    const current = statSync(this.options.path, { throwIfNoEntry: false });
     if (current && current.ino === this.identity.ino && current.dev === this.identity.dev) return true;
+    return this.reopen(current !== undefined);
+  }
+
+  private async reopen(replaced: boolean): Promise<boolean> {
+    const { path } = this.options;
     // A partial chunk belonged to the vanished file; the new file continues from the last whole record.
     this.tail = undefined;
-    let reason = current ? `${basename(path)} was replaced by another file while the daemon ran` : `${basename(path)} was removed while the daemon ran`;
+    let reason = replaced ? `${basename(path)} was replaced by another file while the daemon ran` : `${basename(path)} was removed while the daemon ran`;
     try {
-      if (current) {
+      if (replaced) {
         const aside = freshName(path, 'foreign');
         moveExclusive(path, aside);
         reason += ` (that file was set aside as ${basename(aside)})`;
@@ -259,39 +287,39 @@ export class AuditLog {
     }
   }
 
-  /** Writes `batch` in chunks that respect max_bytes, rotating between them. false: a write failed. */
-  private async writeBatch(batch: Pending[]): Promise<boolean> {
-    let next = 0;
+  /**
+   * Writes `batch` from `from` in chunks that respect max_bytes. Returns WRITTEN, FAILED (a
+   * write failed; fail() has dealt with it), or the index of the first record that needs
+   * a new file (the caller rotates and calls again from there).
+   */
+  private writeChunks(batch: Pending[], from: number): number {
+    let next = from;
     while (next < batch.length) {
       let seq = this.seq;
       let prev = this.prev;
-      let data = '';
       let bytes = 0;
       const start = next;
       while (next < batch.length) {
-        const line = `${batch[next]!.line(seq + 1, prev)}\n`;
-        const length = Buffer.byteLength(line);
+        const entry = batch[next]!.line;
+        const line = typeof entry === 'string' ? chained(entry, seq + 1, prev) : entry(seq + 1, prev);
+        const hash = lineHash(line); // flattens the line once; the copy below reads that
+        const length = Buffer.byteLength(line) + 1;
         if (this.size + bytes + length > this.options.maxBytes && this.size + bytes > 0) break;
-        data += line;
-        bytes += length;
+        if (bytes + length > this.scratch.length) {
+          if (bytes > 0) break; // write what is gathered; this line starts the next chunk
+          this.scratch = Buffer.allocUnsafe(length); // a record longer than every one before it
+        }
+        bytes += this.scratch.write(line, bytes);
+        this.scratch[bytes++] = 0x0a;
         seq += 1;
-        prev = lineHash(line.slice(0, -1));
+        prev = hash;
         next += 1;
       }
-      if (bytes === 0) {
-        try {
-          await this.rotate();
-        } catch (err) {
-          this.fail(err as Error, batch.slice(start), []);
-          return false;
-        }
-        continue;
-      }
-      const buffer = Buffer.from(data);
-      const written = this.writeFully(buffer);
+      if (bytes === 0) return next;
+      const written = this.writeFully(this.scratch, bytes);
       if (written.error && written.bytes === 0) {
         this.fail(written.error, batch.slice(start), batch.slice(start, next));
-        return false;
+        return FAILED;
       }
       // Once any byte of the chunk is on disk the chunk is part of the chain: the rest of
       // its bytes are written, unchanged, before anything else.
@@ -299,33 +327,33 @@ export class AuditLog {
       this.prev = prev;
       this.size += bytes;
       if (written.error) {
-        this.tail = buffer.subarray(written.bytes);
+        this.tail = Buffer.from(this.scratch.subarray(written.bytes, bytes)); // a copy: the scratch buffer is reused
         this.fail(written.error, batch.slice(next), batch.slice(start, next));
-        return false;
+        return FAILED;
       }
       this.dirty = true;
       this.recovered();
       this.options.onWritten?.(next - start);
       for (let i = start; i < next; i++) batch[i]!.resolve();
     }
-    return true;
+    return WRITTEN;
   }
 
   /**
    * Synchronous on purpose: a batch goes to the page cache in microseconds, while a trip
    * through the libuv pool added ~0.1 ms to every answer. fdatasync stays asynchronous.
    */
-  private writeFully(buffer: Buffer): { bytes: number; error?: Error } {
+  private writeFully(buffer: Buffer, length = buffer.length): { bytes: number; error?: Error } {
     let bytes = 0;
     try {
-      while (bytes < buffer.length) bytes += writeSync(this.file.fd, buffer, bytes);
+      while (bytes < length) bytes += writeSync(this.file.fd, buffer, bytes, length - bytes);
       return { bytes };
     } catch (err) {
       return { bytes, error: err as Error };
     }
   }
 
-  private async writeTail(): Promise<boolean> {
+  private writeTail(): boolean {
     const written = this.writeFully(this.tail!);
     if (written.error) {
       this.tail = this.tail!.subarray(written.bytes);

@@ -77,8 +77,6 @@ interface BackendQueue {
   readonly sessions: Map<object, Set<Scheduled<unknown>>>;
   /** Sum of the queued calls' costs. */
   queuedCost: number;
-  /** Calls not yet answered, queued or running, oldest first: what the deadline sweep looks at. */
-  readonly unanswered: Set<Scheduled<unknown>>;
   /** One timer per backend, set for the earliest deadline, instead of one per call. */
   sweep?: NodeJS.Timeout;
   sweepAt: number;
@@ -134,7 +132,6 @@ export class FairScheduler {
       call = new Scheduled(queue, session, deadline, timeoutMs, cost, job, resolve, reject);
     });
     const entry = call as Scheduled<unknown>;
-    queue.unanswered.add(entry);
     this.sweepBy(queue, deadline);
     if (queue.sessions.size === 0 && fits(queue, cost)) {
       this.start(entry);
@@ -178,7 +175,7 @@ export class FairScheduler {
   private queueFor(backend: object): BackendQueue {
     let queue = this.queues.get(backend);
     if (!queue) {
-      queue = { limit: Math.max(1, this.parallelism(backend)), running: new Set(), load: 0, sessions: new Map(), queuedCost: 0, unanswered: new Set(), sweepAt: Infinity };
+      queue = { limit: Math.max(1, this.parallelism(backend)), running: new Set(), load: 0, sessions: new Map(), queuedCost: 0, sweepAt: Infinity };
       this.queues.set(backend, queue);
     }
     return queue;
@@ -209,7 +206,6 @@ export class FairScheduler {
     this.pump(queue);
     if (call.answered) return;
     call.answered = true;
-    queue.unanswered.delete(call);
     if (ok) call.resolve(outcome);
     else call.reject(outcome);
   }
@@ -246,7 +242,6 @@ export class FairScheduler {
   /** Answers TIMEOUT; a call still queued never reaches the backend, a running one keeps its slot until it returns. */
   private expire(call: Scheduled<unknown>): void {
     call.answered = true;
-    call.queue.unanswered.delete(call);
     const queued = !call.queue.running.has(call);
     call.reject(new TimeoutError(queued ? `${call.job.describe()}: no backend slot within ${call.timeoutMs} ms` : `${call.job.describe()} did not finish within ${call.timeoutMs} ms`));
   }
@@ -260,22 +255,28 @@ export class FairScheduler {
     queue.sweep = setTimeout(() => this.sweep(queue), Math.max(1, deadline - Date.now())).unref();
   }
 
-  /** Answers TIMEOUT to every call past its deadline and sets the timer for the next one. */
+  /** Answers TIMEOUT to every call past its deadline, queued or running, and sets the timer for the next one. */
   private sweep(queue: BackendQueue): void {
     queue.sweep = undefined;
     const now = Date.now();
     let next = Infinity;
-    for (const call of queue.unanswered) {
-      if (call.deadline > now) next = Math.min(next, call.deadline);
-      else {
-        if (!queue.running.has(call)) this.dequeue(call, false);
-        this.expire(call);
+    for (const calls of queue.sessions.values()) {
+      for (const call of calls) {
+        if (call.deadline > now) next = Math.min(next, call.deadline);
+        else {
+          this.dequeue(call, false);
+          this.expire(call);
+        }
       }
+    }
+    for (const call of queue.running) {
+      if (call.answered) continue;
+      if (call.deadline > now) next = Math.min(next, call.deadline);
+      else this.expire(call);
     }
     if (next !== Infinity) this.sweepBy(queue, next);
   }
 }
-
 /** Room for a call of `cost` (an idle backend always takes one, whatever it costs). */
 function fits(queue: BackendQueue, cost: number): boolean {
   return queue.running.size === 0 || queue.load + cost <= queue.limit + 1e-9;

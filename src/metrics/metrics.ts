@@ -11,7 +11,7 @@ const DURATION_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0
 /**
  * One naming scheme for the `algorithm` label: the keyless.v1 enum names, for signatures
  * (`ECDSA_SHA256`) and decryption paddings alike (`RSA_RAW`, `RSA_OAEP_SHA256`, never
- * `rsa-oaep-sha256`). Computed once per label set (ChildCache), not per request.
+ * `rsa-oaep-sha256`). Computed once per label set (Tally.add), not per request.
  */
 export function algorithmLabel(algorithm: string): string {
   return algorithm.toUpperCase().replace(/-/g, '_');
@@ -173,12 +173,15 @@ export class Metrics {
 
   /** One answered request: counted by outcome, timed by operation. */
   recordRequest(listener: string, operation: string, algorithm: string, backend: string, result: string, seconds: number): void {
-    this.requests.child(`${listener}|${operation}|${algorithm}|${backend}|${result}`, { listener, operation, algorithm: algorithmLabel(algorithm), backend, result }).inc();
-    this.requestDuration.child(`${listener}|${operation}`, { listener, operation }).observe(seconds);
+    const request = `${listener}|${operation}|${algorithm}|${backend}|${result}`;
+    (this.requests.find(request) ?? this.requests.add(request, { listener, operation, algorithm: algorithmLabel(algorithm), backend, result })).inc();
+    const duration = `${listener}|${operation}`;
+    (this.requestDuration.find(duration) ?? this.requestDuration.add(duration, { listener, operation })).observe(seconds);
   }
 
   recordBackendCall(backend: string, operation: string, seconds: number): void {
-    this.backendDuration.child(`${backend}|${operation}`, { backend, operation }).observe(seconds);
+    const key = `${backend}|${operation}`;
+    (this.backendDuration.find(key) ?? this.backendDuration.add(key, { backend, operation })).observe(seconds);
   }
 
   /** Counts `bytes()` of one session in keyless_send_buffer_bytes until the returned function is called. */

@@ -27,14 +27,16 @@ abstract class Tally<C> {
     for (const registry of registers) registry.registerMetric(this as never);
   }
 
-  /** The child for `labels`, found by `key` (one string per label set, made by the caller). */
-  child(key: string, labels: LabelValues): C {
-    let entry = this.children.get(key);
-    if (!entry) {
-      entry = { labels, child: this.make() };
-      this.children.set(key, entry);
-    }
-    return entry.child;
+  /** The child for `key` (one string per label set, made by the caller), if there is one yet. */
+  find(key: string): C | undefined {
+    return this.children.get(key)?.child;
+  }
+
+  /** A new child for `key` with `labels`: the label object is built only when a label set is first seen. */
+  add(key: string, labels: LabelValues): C {
+    const child = this.make();
+    this.children.set(key, { labels, child });
+    return child;
   }
 
   reset(): void {

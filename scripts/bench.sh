@@ -9,6 +9,7 @@
 # main thread's time per request split into stages (src/bench/profile-stages.ts).
 # --cpu runs only P-256 at 8 x 16 and the server's CPU per request (a quick check while working).
 # IDLE_SESSIONS=N (default 10000; 0 skips) sets the idle-session memory measurement.
+# SERVER_FLAGS="…" passes node flags to keylessd (e.g. the garbage-collector settings of docs/benchmarks.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=0; quick=0
@@ -47,7 +48,8 @@ YAML
 # serve CONFIG [node flags…]: starts keylessd and waits until it answers.
 serve() {
   local config="$1"; shift
-  node "$@" dist/src/cli/keylessd.js --config "$work/$config.yaml" --log-level warn > "$work/$config.log" 2>&1 &
+  # shellcheck disable=SC2086  # SERVER_FLAGS: node flags for keylessd, as words
+  node ${SERVER_FLAGS:-} "$@" dist/src/cli/keylessd.js --config "$work/$config.yaml" --log-level warn > "$work/$config.log" 2>&1 &
   pid=$!
   for _ in $(seq 100); do ctl keys > /dev/null 2>&1 && return 0; sleep 0.1; done
   echo "keylessd did not start:"; cat "$work/$config.log"; exit 1

@@ -137,9 +137,15 @@ describe('one session flooding at its in-flight cap', () => {
     flooding = false;
     await Promise.all(floods);
     expect(floodErrors).toBe(0);
-    // Measured: 11-16 with 4 slots (audit writes and the client's reads batch answers);
-    // 127-180 before the scheduler. A quarter of the backlog separates the two.
-    expect(Math.max(...overtaken)).toBeLessThanOrEqual(FLOOD_INFLIGHT / 4);
+    // Measured: typically 11-16 with 4 slots (audit writes and the client's reads batch
+    // answers), 127-180 for every request before the scheduler. A single request now and then
+    // sees 23-33: a pause in the client or the server lets flood answers that were already
+    // written pile up and be read at once (seen before and after the scheduler's rewrite, one
+    // request in 20 in about one run in 5). So: the typical request is overtaken by under a
+    // quarter of the backlog, and none waits behind the whole backlog as FIFO made every one.
+    const sorted = [...overtaken].sort((a, b) => a - b);
+    expect(sorted[Math.floor(sorted.length / 2)]).toBeLessThanOrEqual(FLOOD_INFLIGHT / 4);
+    expect(sorted.at(-1)).toBeLessThan(FLOOD_INFLIGHT / 2);
     await Promise.all([flood.close(), victim.close()]);
   });
 });

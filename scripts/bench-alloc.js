@@ -6,10 +6,12 @@
 //   node scripts/bench-alloc.js [--seconds 5] [--sessions 1] [--inflight 1] [--top 25]
 'use strict';
 const { spawn, execFileSync } = require('node:child_process');
-const { mkdtempSync, writeFileSync, rmSync } = require('node:fs');
+const { once } = require('node:events');
+const { mkdtempSync, rmSync } = require('node:fs');
 const { tmpdir } = require('node:os');
 const { join, relative } = require('node:path');
 const WebSocket = require('ws');
+const { PORTS, writeBenchConfigs } = require('./bench-config');
 
 const root = join(__dirname, '..');
 const args = process.argv.slice(2);
@@ -24,22 +26,7 @@ const top = option('top', 25);
 
 async function main() {
   const work = mkdtempSync(join(tmpdir(), 'keylessd-alloc-'));
-  const state = join(work, 'state');
-  await require(join(root, 'dist/src/daemon/devstate')).ensureDevState(state);
-  const config = join(work, 'on.yaml');
-  writeFileSync(
-    config,
-    [
-      'listen: { host: 127.0.0.1, port: 2428 }',
-      `tls: { cert: ${state}/pki/server.crt, key: ${state}/pki/server.key, client_ca: ${state}/pki/ca.crt }`,
-      'metrics: { port: 2426 }',
-      `audit: { path: ${work}/audit.log }`,
-      'groups: { dev: { subject_o: ["keylessd development"] } }',
-      'keys: { demo-p256: { policy: { groups: [dev], operations: [sign] } } }',
-      `backends: [{ type: file, name: demo, dir: ${state}/keys }]`,
-      '',
-    ].join('\n'),
-  );
+  const { state, on: config } = await writeBenchConfigs(work); // bench.sh's "on" config
   const daemon = spawn(process.execPath, ['--inspect=127.0.0.1:0', join(root, 'dist/src/cli/keylessd.js'), '--config', config, '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'pipe'] });
   try {
     const url = await new Promise((resolve, reject) => {
@@ -51,7 +38,7 @@ async function main() {
       });
       daemon.on('exit', (code) => reject(new Error(`keylessd exited (${code}) before its inspector listened: ${text}`)));
     });
-    const ctl = (...more) => execFileSync(process.execPath, [join(root, 'dist/src/cli/keylessctl.js'), ...more, '--server', '127.0.0.1:2428', '--state-dir', state], { encoding: 'utf8' });
+    const ctl = (...more) => execFileSync(process.execPath, [join(root, 'dist/src/cli/keylessctl.js'), ...more, '--server', `127.0.0.1:${PORTS.v1}`, '--state-dir', state], { encoding: 'utf8' });
     for (let attempt = 0; ; attempt++) {
       try {
         ctl('keys');
@@ -72,6 +59,7 @@ async function main() {
     report(profile, result.operations);
   } finally {
     daemon.kill();
+    if (daemon.exitCode === null) await once(daemon, 'exit'); // it writes its audit log until it has gone
     rmSync(work, { recursive: true, force: true });
   }
 }

@@ -10,23 +10,14 @@ secs="${1:-10}"
 work="$(mktemp -d)"
 pid=""
 trap 'if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
-node -e "require('./dist/src/daemon/devstate').ensureDevState('$work/state').then(() => {})"
+node scripts/bench-config.js "$work"   # bench.sh's "on" config, state in $work/state
 S="$work/state"
-cat > "$work/on.yaml" <<YAML
-listen: { host: 127.0.0.1, port: 2418 }
-tls: { cert: $S/pki/server.crt, key: $S/pki/server.key, client_ca: $S/pki/ca.crt }
-metrics: { port: 2416 }
-audit: { path: $work/audit.log }
-groups: { dev: { subject_o: ["keylessd development"] } }
-keys: { demo-p256: { policy: { groups: [dev], operations: [sign] } } }
-backends: [{ type: file, name: demo, dir: $S/keys }]
-YAML
 # shellcheck disable=SC2086  # the flags are words
 node ${SERVER_FLAGS:-} --trace-gc dist/src/cli/keylessd.js --config "$work/on.yaml" --log-level warn > "$work/server.out" 2>&1 &
 pid=$!
-for _ in $(seq 100); do node dist/src/cli/keylessctl.js keys --server 127.0.0.1:2418 --state-dir "$S" > /dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 100); do node dist/src/cli/keylessctl.js keys --server 127.0.0.1:2408 --state-dir "$S" > /dev/null 2>&1 && break; sleep 0.1; done
 # shellcheck disable=SC2086
-node ${CLIENT_FLAGS:-} --trace-gc dist/src/cli/keylessctl.js bench --server 127.0.0.1:2418 --state-dir "$S" --key demo-p256 --algorithm ECDSA_SHA256 \
+node ${CLIENT_FLAGS:-} --trace-gc dist/src/cli/keylessctl.js bench --server 127.0.0.1:2408 --state-dir "$S" --key demo-p256 --algorithm ECDSA_SHA256 \
   --sessions 1 --inflight 1 --duration "$secs" --no-limit --json > "$work/client.out"
 kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 grep '^{' "$work/client.out" | jq -r '"keylessd P-256 1x1: \(.opsPerSecond | floor) /s, p50 \(.latencyUs.p50) µs, p99 \(.latencyUs.p99) µs, p99.9 \(.latencyUs.p999) µs"'

@@ -26,25 +26,8 @@ ctl() { node dist/src/cli/keylessctl.js "$@" --state-dir "$work/state"; }
 speed() { openssl speed -multi "$(nproc)" -seconds "$secs" "$1" 2>/dev/null | tail -1 | awk '{print $(NF-1)}'; }
 declare -A R  # figure name -> value, printed in the summary
 
-node -e "require('./dist/src/daemon/devstate').ensureDevState('$work/state').then(() => {})"
+node scripts/bench-config.js "$work"   # the "on" and "off" configs, state in $work/state
 S="$work/state"
-cat > "$work/on.yaml" <<YAML
-listen: { host: 127.0.0.1, port: 2408 }
-tls: { cert: $S/pki/server.crt, key: $S/pki/server.key, client_ca: $S/pki/ca.crt }
-metrics: { port: 2406 }
-compat: { enabled: true, port: 2407 }
-audit: { path: $work/audit.log }
-groups: { dev: { subject_o: ["keylessd development"] } }
-keys: { demo-p256: { policy: { groups: [dev], operations: [sign] } }, demo-rsa2048: { policy: { groups: [dev] } }, demo-ed25519: { policy: { groups: [dev] } } }
-backends: [{ type: file, name: demo, dir: $S/keys }]
-YAML
-cat > "$work/off.yaml" <<YAML
-listen: { host: 127.0.0.1, port: 2408 }
-tls: { cert: $S/pki/server.crt, key: $S/pki/server.key, client_ca: $S/pki/ca.crt }
-metrics: { enabled: false }
-audit: { enabled: false }
-backends: [{ type: file, name: demo, dir: $S/keys }]
-YAML
 # serve CONFIG [node flags…]: starts keylessd and waits until it answers.
 serve() {
   local config="$1"; shift

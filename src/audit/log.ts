@@ -227,7 +227,7 @@ export class AuditLog {
     this.writing = true;
     try {
       // The file is checked before every batch; with nothing queued (the periodic tick), once here.
-      if ((this.tail || this.queue.length === 0) && !(await this.checkFile())) return; // the periodic tick: not on the request path
+      if ((this.tail || this.queue.length === 0) && !(await this.checkFile())) return;
       if (this.tail && !this.writeTail()) return;
       while (this.queue.length > 0 && !this.closed) {
         const same = this.checkFile();

@@ -277,6 +277,7 @@ export class FairScheduler {
     if (next !== Infinity) this.sweepBy(queue, next);
   }
 }
+
 /** Room for a call of `cost` (an idle backend always takes one, whatever it costs). */
 function fits(queue: BackendQueue, cost: number): boolean {
   return queue.running.size === 0 || queue.load + cost <= queue.limit + 1e-9;

@@ -36,12 +36,24 @@ export interface KeylessdErrorOptions {
 export abstract class KeylessdError extends Error {
   abstract readonly code: string;
 
-  constructor(message: string, options?: KeylessdErrorOptions) {
+  /** `traced: false` skips capturing the call stack (`stack` is then the name and message alone). */
+  constructor(message: string, options?: KeylessdErrorOptions, traced = true) {
+    const limit = Error.stackTraceLimit;
+    if (!traced) Error.stackTraceLimit = 0;
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    Error.stackTraceLimit = limit;
     // Each subclass names itself; the class name is the stable public name.
     this.name = new.target.name;
   }
 }
+
+/**
+ * Codes that refuse a request (the client's mistake, its rights, the server's load) rather
+ * than report a fault. Their errors carry no stack: nothing reads it (they are answered,
+ * counted and summarised by message), and capturing one was a fifth of the daemon's CPU
+ * while it refused a flood with OVERLOADED (docs/benchmarks.md, Overload).
+ */
+const REFUSAL_CODES: ReadonlySet<ErrorCode> = new Set(['BAD_REQUEST', 'KEY_NOT_FOUND', 'FORBIDDEN', 'UNSUPPORTED', 'OVERLOADED', 'TIMEOUT']);
 
 /** A failure that answers a request: its `code` goes on the wire through each protocol's table. */
 export class KeylessError extends KeylessdError {
@@ -50,7 +62,7 @@ export class KeylessError extends KeylessdError {
     message: string,
     options?: KeylessdErrorOptions,
   ) {
-    super(message, options);
+    super(message, options, !REFUSAL_CODES.has(code));
   }
 }
 

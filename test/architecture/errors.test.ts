@@ -109,3 +109,18 @@ test('every KeylessError code maps to a wire code in both protocol tables', () =
   expect(errorCodeName(0)).toBe('ERROR_CODE_UNSPECIFIED');
   expect(errorCodeName(99)).toBe('ERROR_CODE_UNSPECIFIED');
 });
+
+test('a refusal carries no stack, a fault does, and the stack limit is left as it was', () => {
+  const limit = Error.stackTraceLimit;
+  const frames = (error: Error) => (error.stack ?? '').split('\n').filter((line) => line.trimStart().startsWith('at ')).length;
+  for (const code of ['BAD_REQUEST', 'KEY_NOT_FOUND', 'FORBIDDEN', 'UNSUPPORTED', 'OVERLOADED', 'TIMEOUT'] as const) {
+    const refusal = new KeylessError(code, 'refused');
+    expect({ code, stack: refusal.stack }).toEqual({ code, stack: 'KeylessError: refused' });
+  }
+  expect(new TimeoutError('no slot').stack).toBe('TimeoutError: no slot');
+  expect(new ResponseTimeoutError('no answer').stack).toBe('ResponseTimeoutError: no answer');
+  for (const code of ['CRYPTO_FAILURE', 'BACKEND_UNAVAILABLE', 'INTERNAL'] as const) expect({ code, frames: frames(new KeylessError(code, 'fault')) > 0 }).toEqual({ code, frames: true });
+  expect(frames(new InternalError())).toBeGreaterThan(0);
+  expect(frames(new ConfigError('listen.port', 'must be a number'))).toBeGreaterThan(0);
+  expect(Error.stackTraceLimit).toBe(limit);
+});

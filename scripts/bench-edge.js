@@ -5,7 +5,7 @@
 // added latency per handshake (p50/p99 at 1 in flight). No resumption: every handshake is full.
 //
 //   npm run build && scripts/build-pkcs11-module.sh && node scripts/bench-edge.js [--seconds 5] [--concurrency 8] [--rounds 2] [--workers 2]
-//   node scripts/bench-edge.js --serve    # start everything, print pids and ports, stay up (for strace/perf/--cpu-prof)
+//   SERVER_FLAGS=--perf-basic-prof node scripts/bench-edge.js --serve    # start everything, print pids and ports, stay up (for strace/perf/--cpu-prof)
 //
 // Per throughput phase it also prints the CPU time per handshake of nginx (master + workers),
 // the agent and keylessd, read from /proc; and P-256 signs through the agent's socket with 1
@@ -41,6 +41,8 @@ process.on('exit', () => children.forEach((c) => c.exitCode === null && c.kill('
 process.on('SIGINT', () => process.exit(130));
 process.on('SIGTERM', () => process.exit(143));
 
+// SERVER_FLAGS / AGENT_FLAGS: node flags for keylessd / the agent, as words (e.g. --cpu-prof, --perf-basic-prof).
+const nodeFlags = (variable) => (process.env[variable] || '').split(' ').filter(Boolean);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const freePort = () =>
   new Promise((resolve) => {
@@ -155,11 +157,11 @@ async function main() {
   // keylessd's embedded default: a development PKI and demo keys (demo-rsa2048, demo-p256).
   const state = path.join(dir, 'state');
   const [v1, metrics] = [await freePort(), await freePort()];
-  const keylessd = start(process.execPath, [path.join(ROOT, 'dist/src/cli/keylessd.js'), '--state-dir', state, '--port', String(v1), '--metrics-port', String(metrics), '--log-level', 'warn']);
+    const keylessd = start(process.execPath, [...nodeFlags('SERVER_FLAGS'), path.join(ROOT, 'dist/src/cli/keylessd.js'), '--state-dir', state, '--port', String(v1), '--metrics-port', String(metrics), '--log-level', 'warn']);
   await waitFor('keylessd', () => canConnect({ port: v1, host: '127.0.0.1' }));
   const pki = path.join(state, 'pki');
   const socket = path.join(dir, 'agent.sock');
-  const agent = start(process.execPath, [path.join(ROOT, 'dist/src/cli/keylessd-agent.js'), '--server', `wss://127.0.0.1:${v1}/v1`, '--servername', 'localhost', '--ca', path.join(pki, 'ca.crt'), '--cert', path.join(pki, 'client.crt'), '--key', path.join(pki, 'client.key'), '--socket', socket, '--socket-mode', '666', '--log-level', 'warn']);
+  const agent = start(process.execPath, [...nodeFlags('AGENT_FLAGS'), path.join(ROOT, 'dist/src/cli/keylessd-agent.js'), '--server', `wss://127.0.0.1:${v1}/v1`, '--servername', 'localhost', '--ca', path.join(pki, 'ca.crt'), '--cert', path.join(pki, 'client.crt'), '--key', path.join(pki, 'client.key'), '--socket', socket, '--socket-mode', '666', '--log-level', 'warn']);
   await waitFor('the agent', () => fs.existsSync(socket) && canConnect({ path: socket }));
   await sleep(500);
 

@@ -8,6 +8,7 @@
 // unbounded (limits.max_queued_per_backend: 1000000), i.e. the behaviour before the bound.
 //
 //   npm run build && flock /work/notes/bench.lock node scripts/bench-overload.js [--seconds 8] [--factor 2] [--key demo-rsa2048] [--compare]
+//   SERVER_FLAGS="--cpu-prof --cpu-prof-dir=DIR" node scripts/bench-overload.js …   # node flags for keylessd, as words
 'use strict';
 const { spawn } = require('node:child_process');
 const fs = require('node:fs');
@@ -57,7 +58,7 @@ backends: [{ type: file, name: demo, dir: ${S}/keys }]
 }
 
 async function serve(file) {
-  const child = spawn(process.execPath, [path.join(__dirname, '../dist/src/cli/keylessd.js'), '--config', file, '--log-level', 'error'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const child = spawn(process.execPath, [...(process.env.SERVER_FLAGS || '').split(' ').filter(Boolean), path.join(__dirname, '../dist/src/cli/keylessd.js'), '--config', file, '--log-level', 'error'], { stdio: ['ignore', 'ignore', 'inherit'] });
   const deadline = Date.now() + 20_000;
   for (;;) {
     try {

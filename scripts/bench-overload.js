@@ -77,6 +77,20 @@ async function stop(child) {
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+/** CPU seconds (user + system) a process has used, from /proc (clock ticks of 1/100 s). */
+function cpuSeconds(pid) {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+/** Cores each side used while `phase` ran: keylessd's process and this one (the load generator). */
+async function withCpu(daemon, phase) {
+  const [server, generator, started] = [cpuSeconds(daemon.pid), process.cpuUsage(), performance.now()];
+  const result = await phase();
+  const seconds = (performance.now() - started) / 1000;
+  const used = process.cpuUsage(generator);
+  return { ...result, cores: { keylessd: (cpuSeconds(daemon.pid) - server) / seconds, generator: (used.user + used.system) / 1e6 / seconds } };
+}
+const cores = (c) => `CPU: keylessd ${c.keylessd.toFixed(2)} cores, load generator ${c.generator.toFixed(2)} cores`;
 const tls = () => ({ ca: fs.readFileSync(`${state}/pki/ca.crt`), cert: fs.readFileSync(`${state}/pki/client.crt`), key: fs.readFileSync(`${state}/pki/client.key`) });
 function connect() {
   return new Promise((resolve, reject) => {
@@ -180,13 +194,13 @@ async function main() {
   for (const [name, limits] of runs) {
     const daemon = await serve(config(name.split(' ')[0], limits));
     try {
-      const top = await peak();
-      console.log(`${name}: peak (closed loop) ${top.opsPerSecond.toLocaleString('en')} /s, p50 ${top.p50Ms} ms, p99 ${top.p99Ms} ms${Object.keys(top.errors).length ? `, errors ${JSON.stringify(top.errors)}` : ''}`);
-      const over = await openLoop(factor * top.opsPerSecond);
+      const top = await withCpu(daemon, peak);
+      console.log(`${name}: peak (closed loop) ${top.opsPerSecond.toLocaleString('en')} /s, p50 ${top.p50Ms} ms, p99 ${top.p99Ms} ms${Object.keys(top.errors).length ? `, errors ${JSON.stringify(top.errors)}` : ''}; ${cores(top.cores)}`);
+      const over = await withCpu(daemon, () => openLoop(factor * top.opsPerSecond));
       const ratio = over.answeredOkPerSecond / top.opsPerSecond;
       console.log(
         `${name}: offered ${over.offeredPerSecond.toLocaleString('en')} /s -> answered ok ${over.answeredOkPerSecond.toLocaleString('en')} /s (${ratio.toFixed(2)} of peak), OVERLOADED ${over.overloadedPerSecond.toLocaleString('en')} /s, ` +
-          `other ${JSON.stringify(over.otherErrors)}, still owed at the end ${over.backlog} (unanswered 10 s later ${over.unanswered}); ok latency p50 ${over.okLatencyMs.p50} ms, p99 ${over.okLatencyMs.p99} ms (first half ${over.okLatencyMs.p99FirstHalf}, second half ${over.okLatencyMs.p99SecondHalf})`,
+          `other ${JSON.stringify(over.otherErrors)}, still owed at the end ${over.backlog} (unanswered 10 s later ${over.unanswered}); ok latency p50 ${over.okLatencyMs.p50} ms, p99 ${over.okLatencyMs.p99} ms (first half ${over.okLatencyMs.p99FirstHalf}, second half ${over.okLatencyMs.p99SecondHalf}); ${cores(over.cores)}`,
       );
     } finally {
       await stop(daemon);

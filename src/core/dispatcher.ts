@@ -112,50 +112,78 @@ export class Dispatcher {
     return session.membership.groups;
   }
 
-  private async track(session: SessionInfo, call: BackendCall, ref: KeyRef, facts: RequestFacts | undefined): Promise<Buffer> {
+  /**
+   * Runs one request through limits, key lookup, policy and the backend, then records it.
+   * Not an async function, and no `throw` for a refusal: V8 builds a message with the throw
+   * site for every exception thrown, and two per refused request were a fifth of the event
+   * loop under a flood of refusals (docs/benchmarks.md, Overload). Never throws: every
+   * outcome is the returned promise.
+   */
+  private track(session: SessionInfo, call: BackendCall, ref: KeyRef, facts: RequestFacts | undefined): Promise<Buffer> {
     const { operation, label } = call;
     const state = this.state();
     if (session.inflight >= state.maxInflightPerSession || this.inflightTotal >= state.maxInflightTotal) {
       this.metrics.recordRequest(session.listener, operation, label, 'none', 'OVERLOADED', 0);
-      throw new OverloadedError(
-        session.inflight >= state.maxInflightPerSession
-          ? `this session already has ${session.inflight} requests in flight (limit ${state.maxInflightPerSession})`
-          : `the server has ${this.inflightTotal} requests in flight (limit ${state.maxInflightTotal})`,
+      return Promise.reject(
+        new OverloadedError(
+          session.inflight >= state.maxInflightPerSession
+            ? `this session already has ${session.inflight} requests in flight (limit ${state.maxInflightPerSession})`
+            : `the server has ${this.inflightTotal} requests in flight (limit ${state.maxInflightTotal})`,
+        ),
       );
     }
-    const { registry } = state;
+    const request = new Tracked(session, call, ref, facts, state.registry, this.metrics.inflightFor(session.listener));
     session.inflight += 1;
     this.inflightTotal += 1;
-    registry.inflight += 1;
-    const inflight = this.metrics.inflightFor(session.listener);
-    inflight.inc();
-    const started = Date.now();
-    const startedMs = performance.now();
-    let key: RegisteredKey | undefined;
-    let result: Buffer | undefined;
+    request.registry.inflight += 1;
+    request.gauge.inc();
     let failure: KeylessError | undefined;
+    let pending: Promise<Buffer> | undefined;
     try {
-      key = registry.find(ref);
-      if (!key) throw new KeyNotFoundError(`no key with ${describeKeyRef(ref)}`);
-      this.authorize(session, state.policy, key, call, facts);
-      if (this.audit?.refuseUnlogged && !this.audit.log.writable()) throw new BackendUnavailableError('the audit log cannot be written; refusing key operations until it can');
-      result = await this.schedule(key, call, session);
+      const key = state.registry.find(ref);
+      request.key = key;
+      if (!key) failure = new KeyNotFoundError(`no key with ${describeKeyRef(ref)}`);
+      else failure = this.refusal(session, state.policy, key, call, facts);
+      if (!failure && this.audit?.refuseUnlogged && !this.audit.log.writable()) failure = new BackendUnavailableError('the audit log cannot be written; refusing key operations until it can');
+      if (!failure) pending = this.schedule(key!, call, session);
     } catch (err) {
-      failure = toKeylessError(err);
-      if (failure.code === 'INTERNAL') this.logger.error({ err, session: session.id }, 'request failed with an internal error');
-    } finally {
-      session.inflight -= 1;
-      this.inflightTotal -= 1;
-      registry.inflight -= 1;
-      inflight.dec();
+      failure = this.judged(err, session);
     }
+    if (!pending) {
+      try {
+        return Promise.resolve(this.settle(request, undefined, failure));
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    }
+    return pending.then(
+      (result) => this.settle(request, result, undefined),
+      (err: unknown) => this.settle(request, undefined, this.judged(err, session)),
+    );
+  }
+
+  /** What a failure answers; one that is not a KeylessError is logged here, once, as INTERNAL. */
+  private judged(err: unknown, session: SessionInfo): KeylessError {
+    const failure = toKeylessError(err);
+    if (failure.code === 'INTERNAL') this.logger.error({ err, session: session.id }, 'request failed with an internal error');
+    return failure;
+  }
+
+  /** A request's end: it stops counting as in flight, is counted, summarised or logged if refused, and audited. */
+  private settle(request: Tracked, result: Buffer | undefined, failure: KeylessError | undefined): Buffer | Promise<Buffer> {
+    const { session, call, ref, key } = request;
+    const { operation, label } = call;
+    session.inflight -= 1;
+    this.inflightTotal -= 1;
+    request.registry.inflight -= 1;
+    request.gauge.dec();
     const backend = key?.handle.backend.name ?? 'none';
     const outcome = failure ? failure.code : 'ok';
-    this.metrics.recordRequest(session.listener, operation, label, backend, outcome, (performance.now() - startedMs) / 1000);
+    this.metrics.recordRequest(session.listener, operation, label, backend, outcome, (performance.now() - request.startedMs) / 1000);
     if (failure && SUMMARISED_RESULTS.has(outcome)) {
       // No refusal is silent, but a flood of them costs one full record and one log line per
       // client, key and result per second, plus a summary with the count.
-      if (!this.refusals.admit(`${session.identity.fingerprint}|${session.listener}|${key?.handle.name ?? ''}`, outcome, () => this.records.sessionFields(session))) throw failure;
+      if (!this.refusals.admit(`${session.identity.fingerprint}|${session.listener}|${key?.handle.name ?? ''}`, outcome, () => this.records.sessionFields(session))) return Promise.reject(failure);
       const reason = boundedText(failure instanceof ForbiddenError ? (failure.reason ?? failure.message) : failure.message, 512);
       this.logger.warn(
         { session: session.id, peer: session.peer, subject: boundedText(session.identity.subject, FIELD_LIMITS.subject), key: key?.handle.name ?? boundedText(describeKeyRef(ref), FIELD_LIMITS.keyName), operation, result: outcome, reason },
@@ -170,24 +198,24 @@ export class Dispatcher {
           algorithm: label,
           key: key ? key.handle : { requested: describeKeyRef(ref) },
           result: outcome,
-          started,
-          durationMs: Date.now() - started,
-          context: facts,
+          started: request.started,
+          durationMs: Date.now() - request.started,
+          context: request.facts,
         }),
       );
-      if (this.audit.refuseUnlogged) await written;
-      else written.catch(() => {});
+      if (this.audit.refuseUnlogged) return written.then(() => (failure ? Promise.reject(failure) : result!));
+      written.catch(() => {});
     }
-    if (failure) throw failure;
-    return result!;
+    return failure ? Promise.reject(failure) : result!;
   }
 
-  private authorize(session: SessionInfo, policy: Policy, key: RegisteredKey, call: BackendCall, facts: RequestFacts | undefined): void {
+  /** Why the policy refuses this call, or undefined when it allows it. */
+  private refusal(session: SessionInfo, policy: Policy, key: RegisteredKey, call: BackendCall, facts: RequestFacts | undefined): ForbiddenError | undefined {
     const { operation } = call;
     const decision = policy.check(this.membership(session, policy), key.handle.name, operation, call instanceof SignCall ? call.label : undefined, facts?.complianceRegion);
-    if (decision.allowed) return;
+    if (decision.allowed) return undefined;
     this.metrics.policyDenials.inc({ key: key.handle.name });
-    throw new ForbiddenError(`${operation} with key ${key.handle.name} is not allowed for this client`, decision.reason);
+    return new ForbiddenError(`${operation} with key ${key.handle.name} is not allowed for this client`, decision.reason);
   }
 
   /**
@@ -209,6 +237,23 @@ export class Dispatcher {
     // The scheduler's one deadline covers the wait for a slot and the call itself (TimeoutError).
     return this.scheduler.run(store, session, store.timeoutMs, call, cost);
   }
+}
+
+/** One request from admission to its record: what settle() needs, in one object. */
+class Tracked {
+  readonly started = Date.now();
+  readonly startedMs = performance.now();
+  key: RegisteredKey | undefined;
+
+  constructor(
+    readonly session: SessionInfo,
+    readonly call: BackendCall,
+    readonly ref: KeyRef,
+    readonly facts: RequestFacts | undefined,
+    /** The registry the request was admitted under: a reload may swap the state before it ends. */
+    readonly registry: KeyRegistry,
+    readonly gauge: { inc(): void; dec(): void },
+  ) {}
 }
 
 /** One operation on a key, as the scheduler runs it: a plain object, no closures per request. */

@@ -91,3 +91,43 @@ describe('a daemon offered more than its backend sustains', () => {
     await session.close();
   });
 });
+
+describe('refusals of every kind', () => {
+  const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+  let server: RunningDaemon;
+  beforeAll(async () => {
+    server = await startDaemon({ backends: [{ type: 'file', dir: writeKeyDir([{ name: 'p256', key }]) }], limits: { max_inflight_per_session: 2 } });
+  });
+  afterAll(() => server.stop());
+
+  test('leave nothing counted in flight: a session with a limit of 2 refused 300 times is still served', async () => {
+    const session = await server.connect();
+    const digest = createHash('sha256').update('refused').digest();
+    const outcomes = await Promise.all(
+      Array.from({ length: 300 }, (_, i) => {
+        // Unknown key (refused before the backend), wrong algorithm for the key (refused by the
+        // backend call), wrong digest length (refused before the backend), in turn, two at a time.
+        const request =
+          i % 3 === 0
+            ? session.sign({ name: 'missing' }, 'ECDSA_SHA256', { digest })
+            : i % 3 === 1
+              ? session.sign({ name: 'p256' }, 'RSA_PKCS1_SHA256', { digest })
+              : session.sign({ name: 'p256' }, 'ECDSA_SHA256', { digest: digest.subarray(1) });
+        return request.then(
+          () => 'ok',
+          (err: { code?: string }) => err.code ?? String(err),
+        );
+      }),
+    );
+    // Every request got an answer and none succeeded; those that came while two were in
+    // flight were refused for the limit (OVERLOADED), and each kind was refused for itself.
+    expect(outcomes.filter((o) => !['KEY_NOT_FOUND', 'UNSUPPORTED', 'BAD_REQUEST', 'OVERLOADED'].includes(o))).toEqual([]);
+    for (const code of ['KEY_NOT_FOUND', 'UNSUPPORTED', 'BAD_REQUEST']) expect({ code, seen: outcomes.includes(code) }).toEqual({ code, seen: true });
+    const text = await (await fetch(`http://127.0.0.1:${server.addresses.metrics!.port}/metrics`)).text();
+    await until(async () => /^keyless_inflight_requests\{listener="keyless\.v1"\} 0$/m.test(await (await fetch(`http://127.0.0.1:${server.addresses.metrics!.port}/metrics`)).text()), 10_000, 'the in-flight gauge to return to 0');
+    expect(text).toMatch(/keyless_requests_total\{[^}]*result="KEY_NOT_FOUND"[^}]*\} \d+/);
+    const served = await Promise.all([0, 1].map(() => session.sign({ name: 'p256' }, 'ECDSA_SHA256', { digest })));
+    for (const signature of served) expect(verify('sha256', Buffer.from('refused'), createPublicKey(key), signature)).toBe(true);
+    await session.close();
+  });
+});

@@ -1,4 +1,4 @@
-import { constants, createHash, generateKeyPairSync, createPublicKey, verify } from 'node:crypto';
+import { constants, createHash, generateKeyPairSync, createPublicKey, publicEncrypt, verify } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -46,5 +46,47 @@ test('a failed operation rejects only its own caller, with CryptoFailureError na
   await expect(bad).rejects.toThrow(CryptoFailureError);
   await expect(bad).rejects.toThrow(/decryption with key rsa failed/);
   await expect(good).resolves.toHaveLength(256);
+  await backend.close();
+});
+
+// A signing thread reuses the OpenSSL context of an earlier operation with the same key,
+// operation and digest (openssl_keys.c, ctx_take). Interleaved requests that differ in only
+// one of those must each get a context set up for themselves: a signature made with the
+// wrong digest or padding would not verify, and a decryption with the wrong padding fails.
+test('interleaved operations that differ only in key, digest, padding or operation each get their own result', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'keylessd-queue-'));
+  const rsaA = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+  const rsaB = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+  writeFileSync(join(dir, 'a.pem'), rsaA.export({ format: 'pem', type: 'pkcs8' }));
+  writeFileSync(join(dir, 'b.pem'), rsaB.export({ format: 'pem', type: 'pkcs8' }));
+  const backend = new FileBackend(fileBackendSchema.parse({ type: 'file', dir }), createLogger('error', new Writable({ write: (_c, _e, done) => done() })));
+  const { keys } = await backend.open();
+  const handle = (name: string) => keys.find((k) => k.name === name)!;
+  const pss = (saltLength: number) => ({ padding: constants.RSA_PKCS1_PSS_PADDING, saltLength });
+  const jobs = Array.from({ length: 240 }, (_, i) => {
+    const [name, privateKey] = i % 2 === 0 ? ['a', rsaA] : ['b', rsaB];
+    const publicKey = createPublicKey(privateKey);
+    const message = Buffer.from(`interleaved ${i}`);
+    const sha256 = createHash('sha256').update(message).digest();
+    const sha384 = createHash('sha384').update(message).digest();
+    switch (Math.floor(i / 2) % 5) {
+      case 0:
+        return handle(name).sign({ kind: 'rsa-pss', hash: 'sha256' }, sha256).then((sig) => verify('sha256', message, { key: publicKey, ...pss(32) }, sig));
+      case 1:
+        return handle(name).sign({ kind: 'rsa-pss', hash: 'sha384' }, sha384).then((sig) => verify('sha384', message, { key: publicKey, ...pss(48) }, sig));
+      case 2:
+        return handle(name).sign({ kind: 'rsa-pkcs1', hash: 'sha256' }, sha256).then((sig) => verify('sha256', message, publicKey, sig));
+      case 3:
+        return handle(name).sign({ kind: 'rsa-pkcs1', hash: 'sha384' }, sha384).then((sig) => verify('sha384', message, publicKey, sig));
+      default: {
+        // Raw RSA: m^e encrypted with the public key comes back as m.
+        const plain = Buffer.concat([Buffer.from([0]), createHash('sha512').update(message).digest(), Buffer.alloc(256 - 65, 7)]);
+        const ciphertext = publicEncrypt({ key: publicKey, padding: constants.RSA_NO_PADDING }, plain);
+        return handle(name).decrypt('rsa-raw', ciphertext).then((out) => out.equals(plain));
+      }
+    }
+  });
+  const results = await Promise.all(jobs);
+  expect(results.map((ok, i) => (ok ? 'ok' : `request ${i} wrong`)).filter((r) => r !== 'ok')).toEqual([]);
   await backend.close();
 });

@@ -38,6 +38,15 @@ serve() {
   echo "keylessd did not start:"; cat "$work/$config.log"; exit 1
 }
 ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }  # utime + stime of the whole process (all threads)
+# The same split by thread: "event-loop signing other" (signing: the file backend's threads, named keylessd-sign).
+thread_ticks() {
+  local main=0 sign=0 other=0 t n
+  for t in /proc/"$pid"/task/*; do
+    n=$(awk '{print $14 + $15}' "$t/stat" 2>/dev/null) || continue
+    if [ "${t##*/}" = "$pid" ]; then main=$((main + n)); elif [ "$(cat "$t/comm" 2>/dev/null)" = keylessd-sign ]; then sign=$((sign + n)); else other=$((other + n)); fi
+  done
+  echo "$main $sign $other"
+}
 answered() { curl -s http://127.0.0.1:2406/metrics | awk '/^keyless_requests_total\{/ {n += $NF} END {print n + 0}'; }
 # run NAME ctl-bench-args…: one load run (--json); keeps ops/s and percentiles as R[NAME.*].
 run() {
@@ -67,15 +76,17 @@ fi
 p256_cpu() {
   # Server CPU per request: the process's CPU time (every thread: event loop, the threads doing
   # the signatures, GC) over the whole run, divided by the requests it answered in that time.
-  local t0 n0 t1 n1
-  t0=$(ticks); n0=$(answered)
+  local t0 n0 t1 n1 split0 split1
+  t0=$(ticks); n0=$(answered); split0=$(thread_ticks)
   run p256 "${P256[@]}"
-  t1=$(ticks); n1=$(answered)
+  t1=$(ticks); n1=$(answered); split1=$(thread_ticks)
   R[cpu_us]=$(awk -v t="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" -v n="$((n1 - n0))" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
   # The signature's own CPU cost, from the same run's limit: openssl keeps every core busy.
   R[crypto_us]=$(awk -v s="${R[ecdsa]}" -v c="$(nproc)" 'BEGIN {printf "%.1f", c * 1e6 / s}')
   R[beyond_us]=$(awk -v a="${R[cpu_us]}" -v b="${R[crypto_us]}" 'BEGIN {printf "%.1f", a - b}')
   echo "keylessd CPU during P-256 8x16: ${R[cpu_us]} µs/request ($((n1 - n0)) requests); the signature alone ${R[crypto_us]} µs (openssl speed ${R[ecdsa]}/s); beyond the crypto ${R[beyond_us]} µs"
+  # Threads that ended during the run (none are expected) would be missing from the split.
+  echo "$split0 $split1" | awk -v hz="$(getconf CLK_TCK)" -v n="$((n1 - n0))" '{u = 1e6 / hz / n; printf "  by thread, µs/request: event loop %.1f, signing threads %.1f, other (V8 GC helpers, libuv) %.1f\n", ($4 - $1) * u, ($5 - $2) * u, ($6 - $3) * u}'
 }
 
 if [ "$quick" = 1 ]; then

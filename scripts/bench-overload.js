@@ -9,6 +9,7 @@
 //
 //   npm run build && flock /work/notes/bench.lock node scripts/bench-overload.js [--seconds 8] [--factor 2] [--key demo-rsa2048] [--compare]
 //   SERVER_FLAGS="--cpu-prof --cpu-prof-dir=DIR" node scripts/bench-overload.js …   # node flags for keylessd, as words
+// --json: the lines go to stderr, and stdout gets one JSON object with every figure (bench.sh reads it).
 'use strict';
 const { spawn } = require('node:child_process');
 const fs = require('node:fs');
@@ -31,6 +32,7 @@ const { values } = parseArgs({
     algorithm: { type: 'string' },
     compare: { type: 'boolean', default: false },
     port: { type: 'string', default: '2428' },
+    json: { type: 'boolean', default: false },
   },
 });
 const seconds = Number(values.seconds);
@@ -186,19 +188,24 @@ async function peak() {
   return { opsPerSecond: Math.round(result.opsPerSecond), p50Ms: (result.latencyUs.p50 / 1000).toFixed(1), p99Ms: (result.latencyUs.p99 / 1000).toFixed(1), errors: result.errors };
 }
 
+/** The report lines: stdout, or stderr when --json keeps stdout for the figures. */
+const say = values.json ? (line) => process.stderr.write(`${line}\n`) : (line) => console.log(line);
+
 async function main() {
   await ensureDevState(state);
-  console.log(`keylessd overload: ${values.key} ${algorithm}, ${sessions} sessions, ${seconds} s per figure, offered ${factor}x the peak; ${os.cpus().length} CPUs, load ${os.loadavg()[0].toFixed(1)}`);
+  const figures = [];
+  say(`keylessd overload: ${values.key} ${algorithm}, ${sessions} sessions, ${seconds} s per figure, offered ${factor}x the peak; ${os.cpus().length} CPUs, load ${os.loadavg()[0].toFixed(1)}`);
   const runs = [['bounded (default limits)', {}]];
   if (values.compare) runs.push(['unbounded queue (before)', { max_queued_per_backend: 1_000_000 }]);
   for (const [name, limits] of runs) {
     const daemon = await serve(config(name.split(' ')[0], limits));
     try {
       const top = await withCpu(daemon, peak);
-      console.log(`${name}: peak (closed loop) ${top.opsPerSecond.toLocaleString('en')} /s, p50 ${top.p50Ms} ms, p99 ${top.p99Ms} ms${Object.keys(top.errors).length ? `, errors ${JSON.stringify(top.errors)}` : ''}; ${cores(top.cores)}`);
+      say(`${name}: peak (closed loop) ${top.opsPerSecond.toLocaleString('en')} /s, p50 ${top.p50Ms} ms, p99 ${top.p99Ms} ms${Object.keys(top.errors).length ? `, errors ${JSON.stringify(top.errors)}` : ''}; ${cores(top.cores)}`);
       const over = await withCpu(daemon, () => openLoop(factor * top.opsPerSecond));
       const ratio = over.answeredOkPerSecond / top.opsPerSecond;
-      console.log(
+      figures.push({ name, peak: top, overload: over, ratio });
+      say(
         `${name}: offered ${over.offeredPerSecond.toLocaleString('en')} /s -> answered ok ${over.answeredOkPerSecond.toLocaleString('en')} /s (${ratio.toFixed(2)} of peak), OVERLOADED ${over.overloadedPerSecond.toLocaleString('en')} /s, ` +
           `other ${JSON.stringify(over.otherErrors)}, still owed at the end ${over.backlog} (unanswered 10 s later ${over.unanswered}); ok latency p50 ${over.okLatencyMs.p50} ms, p99 ${over.okLatencyMs.p99} ms (first half ${over.okLatencyMs.p99FirstHalf}, second half ${over.okLatencyMs.p99SecondHalf}); ${cores(over.cores)}`,
       );
@@ -207,6 +214,7 @@ async function main() {
     }
   }
   fs.rmSync(work, { recursive: true, force: true });
+  if (values.json) console.log(JSON.stringify({ key: values.key, algorithm, factor, runs: figures }));
 }
 
 main().catch((err) => {

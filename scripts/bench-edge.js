@@ -4,7 +4,7 @@
 // (module -> agent -> keylessd) — RSA-2048 and P-256, phases interleaved, in one run. Also the
 // added latency per handshake (p50/p99 at 1 in flight). No resumption: every handshake is full.
 //
-//   npm run build && scripts/build-pkcs11-module.sh && node scripts/bench-edge.js [--seconds 5] [--concurrency 8] [--rounds 2] [--workers 2]
+//   npm run build && scripts/build-pkcs11-module.sh && node scripts/bench-edge.js [--seconds 5] [--concurrency 8] [--rounds 2] [--workers N]
 //   SERVER_FLAGS=--perf-basic-prof node scripts/bench-edge.js --serve    # start everything, print pids and ports, stay up (for strace/perf/--cpu-prof)
 //
 // Per throughput phase it also prints the CPU time per handshake of nginx (master + workers),
@@ -13,7 +13,8 @@
 //
 // Throughput: N parallel `openssl s_time -new` clients; latency: this process, one handshake at a
 // time (Node's TLS client, which verifies nothing: the handshake cost is the server's).
-// Everything (nginx with 2 workers unless --workers, keylessd, the agent and the load generators) shares the
+// Everything (nginx with 4 workers per core unless --workers, as docs/edge.md recommends for keys in
+// keylessd; keylessd, the agent and the load generators) shares the
 // machine's cores, as the targets in docs/benchmarks.md assume. Needs nginx-light,
 // libengine-pkcs11-openssl and openssl; run as root so nginx's workers switch to nobody.
 'use strict';
@@ -28,7 +29,7 @@ const { parseArgs } = require('node:util');
 const ROOT = path.resolve(__dirname, '..');
 const MODULE = path.join(ROOT, 'build/pkcs11/libkeylessd-pkcs11.so');
 const ENGINE = '/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so';
-const { values } = parseArgs({ options: { serve: { type: 'boolean', default: false }, workers: { type: 'string', default: '2' }, seconds: { type: 'string', default: '5' }, concurrency: { type: 'string', default: '8' }, rounds: { type: 'string', default: '2' }, latency: { type: 'string', default: '400' } } });
+const { values } = parseArgs({ options: { serve: { type: 'boolean', default: false }, workers: { type: 'string', default: String(4 * os.cpus().length) }, seconds: { type: 'string', default: '5' }, concurrency: { type: 'string', default: '8' }, rounds: { type: 'string', default: '2' }, latency: { type: 'string', default: '400' } } });
 const seconds = Number(values.seconds);
 const concurrency = Number(values.concurrency);
 const rounds = Number(values.rounds);
@@ -213,7 +214,7 @@ async function main() {
   procs = { nginx: nginx.pid, agent: agent.pid, keylessd: keylessd.pid };
   const cpus = os.cpus();
   console.log(`bench-edge: ${cpus.length} x ${cpus[0].model}, node ${process.version}, ${require('node:child_process').spawnSync('nginx', ['-v'], { encoding: 'utf8' }).stderr.trim()}, load average ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}`);
-  console.log(`TLS 1.3 full handshakes, ${concurrency} openssl s_time -new clients in parallel, ${seconds} s per phase, ${rounds} round(s); latency: ${latencySamples} sequential handshakes\n`);
+  console.log(`TLS 1.3 full handshakes, nginx worker_processes ${values.workers}, ${concurrency} openssl s_time -new clients in parallel, ${seconds} s per phase, ${rounds} round(s); latency: ${latencySamples} sequential handshakes\n`);
   const results = {};
   for (const t of targets) results[`${t.key}/${t.via}`] = { rates: [], failed: 0, lat: [], cpu: [] };
   for (let round = 0; round < rounds; round++) {

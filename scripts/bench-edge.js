@@ -158,7 +158,7 @@ async function main() {
   // keylessd's embedded default: a development PKI and demo keys (demo-rsa2048, demo-p256).
   const state = path.join(dir, 'state');
   const [v1, metrics] = [await freePort(), await freePort()];
-    const keylessd = start(process.execPath, [...nodeFlags('SERVER_FLAGS'), path.join(ROOT, 'dist/src/cli/keylessd.js'), '--state-dir', state, '--port', String(v1), '--metrics-port', String(metrics), '--log-level', 'warn']);
+  const keylessd = start(process.execPath, [...nodeFlags('SERVER_FLAGS'), path.join(ROOT, 'dist/src/cli/keylessd.js'), '--state-dir', state, '--port', String(v1), '--metrics-port', String(metrics), '--log-level', 'warn']);
   await waitFor('keylessd', () => canConnect({ port: v1, host: '127.0.0.1' }));
   const pki = path.join(state, 'pki');
   const socket = path.join(dir, 'agent.sock');

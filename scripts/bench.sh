@@ -151,7 +151,8 @@ run hsm_p256 --key bench-p256 --algorithm ECDSA_SHA256 --sessions 8 --inflight 8
 stop
 
 echo "== Overload: twice the peak, offered open-loop (scripts/bench-overload.js, its own daemon)"
-# overload NAME KEY: R[NAME.over] = answered/peak, R[NAME.refused] = OVERLOADED/s, R[NAME.tail] = ok p99 first -> second half.
+# overload NAME KEY: R[NAME.peak] = closed-loop peak /s; at 2x it: R[NAME.ok] = answered /s, R[NAME.over] = answered/peak,
+# R[NAME.refused] = OVERLOADED /s, R[NAME.first] / R[NAME.second] = ok p99 (ms) in the first / second half of the run.
 overload() {
   local out; out=$(node scripts/bench-overload.js --seconds "$secs" --key "$2" --json)
   R[$1.over]=$(jq -r '.runs[0].ratio * 100 | floor / 100' <<< "$out")

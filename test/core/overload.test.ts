@@ -105,8 +105,8 @@ describe('refusals of every kind', () => {
     const digest = createHash('sha256').update('refused').digest();
     const outcomes = await Promise.all(
       Array.from({ length: 300 }, (_, i) => {
-        // Unknown key (refused before the backend), wrong algorithm for the key (refused by the
-        // backend call), wrong digest length (refused before the backend), in turn, two at a time.
+        // In turn: an unknown key (refused before the backend), an algorithm the key cannot do
+        // (refused by the backend call), a digest of the wrong length (refused by the backend call).
         const request =
           i % 3 === 0
             ? session.sign({ name: 'missing' }, 'ECDSA_SHA256', { digest })
@@ -123,9 +123,9 @@ describe('refusals of every kind', () => {
     // flight were refused for the limit (OVERLOADED), and each kind was refused for itself.
     expect(outcomes.filter((o) => !['KEY_NOT_FOUND', 'UNSUPPORTED', 'BAD_REQUEST', 'OVERLOADED'].includes(o))).toEqual([]);
     for (const code of ['KEY_NOT_FOUND', 'UNSUPPORTED', 'BAD_REQUEST']) expect({ code, seen: outcomes.includes(code) }).toEqual({ code, seen: true });
-    const text = await (await fetch(`http://127.0.0.1:${server.addresses.metrics!.port}/metrics`)).text();
-    await until(async () => /^keyless_inflight_requests\{listener="keyless\.v1"\} 0$/m.test(await (await fetch(`http://127.0.0.1:${server.addresses.metrics!.port}/metrics`)).text()), 10_000, 'the in-flight gauge to return to 0');
-    expect(text).toMatch(/keyless_requests_total\{[^}]*result="KEY_NOT_FOUND"[^}]*\} \d+/);
+    const metrics = async () => (await fetch(`http://127.0.0.1:${server.addresses.metrics!.port}/metrics`)).text();
+    await until(async () => /^keyless_inflight_requests\{listener="keyless\.v1"\} 0$/m.test(await metrics()), 10_000, 'the in-flight gauge to return to 0');
+    expect(await metrics()).toMatch(/keyless_requests_total\{[^}]*result="KEY_NOT_FOUND"[^}]*\} \d+/);
     const served = await Promise.all([0, 1].map(() => session.sign({ name: 'p256' }, 'ECDSA_SHA256', { digest })));
     for (const signature of served) expect(verify('sha256', Buffer.from('refused'), createPublicKey(key), signature)).toBe(true);
     await session.close();

@@ -52,8 +52,9 @@ export const NATIVE_THREADS = Math.max(1, Math.min(Number(process.env.UV_THREADP
 
 /**
  * The file backend's path to the addon's batched queue. Operations submitted in one turn
- * of the event loop go to the worker threads in one hand-off (flushed in a microtask, so
- * after every request of the TLS chunk being read has been dispatched), and every result
+ * of the event loop go to the worker threads in one hand-off (flushed in the loop's check
+ * phase, so after every request of every TLS chunk read in this turn, from every session, has
+ * been dispatched: one lock and one wake-up per turn rather than per chunk), and every result
  * finished by the time the main thread wakes comes back in one call, which settles each
  * waiting promise. An ECDSA or Ed25519 operation that comes alone while every thread is idle
  * runs inline in flush instead (openssl_keys.c, runs_inline: cheaper than two thread
@@ -83,7 +84,7 @@ export class NativeQueue {
       this.outstanding += 1;
       if (!this.flushQueued) {
         this.flushQueued = true;
-        queueMicrotask(this.flush);
+        setImmediate(this.flush);
       }
     });
   }

@@ -52,9 +52,10 @@ export const NATIVE_THREADS = Math.max(1, Math.min(Number(process.env.UV_THREADP
 
 /**
  * The file backend's path to the addon's batched queue. Operations submitted in one turn
- * of the event loop go to the worker threads in one hand-off (flushed in the loop's check
- * phase, so after every request of every TLS chunk read in this turn, from every session, has
- * been dispatched: one lock and one wake-up per turn rather than per chunk), and every result
+ * of the event loop go to the worker threads in one hand-off: while the threads are busy it
+ * happens in the loop's check phase, after every request of every TLS chunk read in the turn
+ * has been dispatched (one lock and one wake-up per turn rather than per chunk); when they are
+ * idle, in a microtask right after the chunk, so a lone request does not wait. Every result
  * finished by the time the main thread wakes comes back in one call, which settles each
  * waiting promise. An ECDSA or Ed25519 operation that comes alone while every thread is idle
  * runs inline in flush instead (openssl_keys.c, runs_inline: cheaper than two thread
@@ -81,11 +82,15 @@ export class NativeQueue {
       const slot = this.free.pop() ?? this.waiters.length;
       this.addon.submit(this.handle, key, op, hash, input, slot); // throws on bad arguments: the promise rejects
       this.waiters[slot] = { resolve, reject, failure };
-      this.outstanding += 1;
       if (!this.flushQueued) {
         this.flushQueued = true;
-        setImmediate(this.flush);
+        // Nothing in the threads' hands: hand over (or sign inline) at once, for the lone
+        // request's latency. Threads busy: an earlier hand-off would only wait, so gather the
+        // whole turn's operations into one.
+        if (this.outstanding === 0) queueMicrotask(this.flush);
+        else setImmediate(this.flush);
       }
+      this.outstanding += 1;
     });
   }
 

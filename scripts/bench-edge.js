@@ -4,8 +4,12 @@
 // (module -> agent -> keylessd) — RSA-2048 and P-256, phases interleaved, in one run. Also the
 // added latency per handshake (p50/p99 at 1 in flight). No resumption: every handshake is full.
 //
-//   npm run build && scripts/build-pkcs11-module.sh && node scripts/bench-edge.js [--seconds 5] [--concurrency 8] [--rounds 2] [--workers N]
+//   npm run build && scripts/build-pkcs11-module.sh && node scripts/bench-edge.js [--seconds 5] [--concurrency 8] [--rounds 2] [--warmup 5] [--workers N]
 //   SERVER_FLAGS=--perf-basic-prof node scripts/bench-edge.js --serve    # start everything, print pids and ports, stay up (for strace/perf/--cpu-prof)
+//
+// Before round 1, each target takes --warmup seconds of the same load, not counted: the agent and
+// keylessd are long-running processes, and in their first seconds V8 is still compiling their hot
+// paths (the agent's CPU per handshake was ~270 µs in a first phase, ~150 µs in later ones).
 //
 // Per throughput phase it also prints the CPU time per handshake of nginx (master + workers),
 // the agent and keylessd, read from /proc; and P-256 signs through the agent's socket with 1
@@ -29,10 +33,11 @@ const { parseArgs } = require('node:util');
 const ROOT = path.resolve(__dirname, '..');
 const MODULE = path.join(ROOT, 'build/pkcs11/libkeylessd-pkcs11.so');
 const ENGINE = '/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so';
-const { values } = parseArgs({ options: { serve: { type: 'boolean', default: false }, workers: { type: 'string', default: String(4 * os.cpus().length) }, seconds: { type: 'string', default: '5' }, concurrency: { type: 'string', default: '8' }, rounds: { type: 'string', default: '2' }, latency: { type: 'string', default: '400' } } });
+const { values } = parseArgs({ options: { serve: { type: 'boolean', default: false }, workers: { type: 'string', default: String(4 * os.cpus().length) }, seconds: { type: 'string', default: '5' }, concurrency: { type: 'string', default: '8' }, rounds: { type: 'string', default: '2' }, warmup: { type: 'string', default: '5' }, latency: { type: 'string', default: '400' } } });
 const seconds = Number(values.seconds);
 const concurrency = Number(values.concurrency);
 const rounds = Number(values.rounds);
+const warmupSeconds = Number(values.warmup);
 const latencySamples = Number(values.latency);
 
 if (!fs.existsSync(MODULE)) throw new Error(`${MODULE} is missing: run scripts/build-pkcs11-module.sh`);
@@ -121,14 +126,14 @@ function cpuSnapshot() {
 }
 
 /** Full handshakes per second from `concurrency` parallel `openssl s_time -new` clients (C, so the load generator costs little CPU). */
-async function throughput(port) {
+async function throughput(port, phaseSeconds = seconds) {
   const before = cpuSnapshot();
   const runs = await Promise.all(
     Array.from(
       { length: concurrency },
       () =>
         new Promise((resolve) => {
-          const child = spawn('openssl', ['s_time', '-connect', `127.0.0.1:${port}`, '-new', '-time', String(seconds)], { env: { ...process.env, OPENSSL_CONF: '/dev/null' }, stdio: ['ignore', 'pipe', 'ignore'] });
+          const child = spawn('openssl', ['s_time', '-connect', `127.0.0.1:${port}`, '-new', '-time', String(phaseSeconds)], { env: { ...process.env, OPENSSL_CONF: '/dev/null' }, stdio: ['ignore', 'pipe', 'ignore'] });
           let out = '';
           child.stdout.on('data', (d) => (out = (out + d).slice(-4096)));
           child.on('close', () => resolve(Number(/(\d+) connections in [\d.]+s;/.exec(out)?.[1] ?? 0)));
@@ -141,7 +146,7 @@ async function throughput(port) {
   const cpu = {};
   for (const k of Object.keys(before)) cpu[k] = count ? ((after[k] - before[k]) * 1000) / count : 0;
   cpu.rest = cpu.machine - cpu.nginx - cpu.agent - cpu.keylessd;
-  return { rate: count / seconds, failed: 0, cpu };
+  return { rate: count / phaseSeconds, failed: 0, cpu };
 }
 
 async function latency(port, options) {
@@ -217,6 +222,10 @@ async function main() {
   console.log(`TLS 1.3 full handshakes, nginx worker_processes ${values.workers}, ${concurrency} openssl s_time -new clients in parallel, ${seconds} s per phase, ${rounds} round(s); latency: ${latencySamples} sequential handshakes\n`);
   const results = {};
   for (const t of targets) results[`${t.key}/${t.via}`] = { rates: [], failed: 0, lat: [], cpu: [] };
+  if (warmupSeconds > 0) {
+    for (const t of targets) await throughput(t.port, warmupSeconds);
+    console.log(`warm-up: ${warmupSeconds} s of the same load on each target, not counted\n`);
+  }
   for (let round = 0; round < rounds; round++) {
     for (const t of targets) {
       const options = t.key === 'demo-p256' ? { sigalgs: 'ecdsa_secp256r1_sha256' } : { sigalgs: 'rsa_pss_rsae_sha256' };
@@ -312,6 +321,11 @@ async function main() {
         `  ${fp50.toFixed(2).padStart(8)} ${mp50.toFixed(2).padStart(11)} ${(mp50 - fp50).toFixed(2).padStart(10)}  ${fp99.toFixed(2).padStart(8)} ${mp99.toFixed(2).padStart(11)} ${(mp99 - fp99).toFixed(2).padStart(10)}` +
         (f.failed + m.failed ? `  failed: ${f.failed}/${m.failed}` : ''),
     );
+  }
+  // The machine's noise moves single rounds by several hundredths: each round's ratio, file and module measured minutes apart at most.
+  for (const key of ['demo-rsa2048', 'demo-p256']) {
+    const perRound = results[`${key}/module`].rates.map((rate, i) => (rate / results[`${key}/file`].rates[i]).toFixed(2));
+    console.log(`${key} ratio per round: ${perRound.join(' ')}`);
   }
   console.log('\nCPU µs per handshake (throughput phases, mean of rounds; rest = the openssl clients and everything else on the machine)');
   console.log('key          via     nginx  agent  keylessd  rest  machine');

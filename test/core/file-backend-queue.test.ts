@@ -90,3 +90,27 @@ test('interleaved operations that differ only in key, digest, padding or operati
   expect(results.map((ok, i) => (ok ? 'ok' : `request ${i} wrong`)).filter((r) => r !== 'ok')).toEqual([]);
   await backend.close();
 });
+
+// With the signing threads idle a lone request must not wait for the event loop's check phase
+// (native.ts, run): its answer would leave one loop turn later (measured: +10-25 us at 1x1 p99).
+// A P-256 signature alone is made inline in a microtask, so it settles before an immediate
+// scheduled just before it; handed over in the check phase, it would settle after.
+test('a lone ECDSA signature with the threads idle settles before the next check phase', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'keylessd-queue-'));
+  const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+  writeFileSync(join(dir, 'ec.pem'), ec.export({ format: 'pem', type: 'pkcs8' }));
+  const backend = new FileBackend(fileBackendSchema.parse({ type: 'file', dir }), createLogger('error', new Writable({ write: (_c, _e, done) => done() })));
+  const [key] = (await backend.open()).keys;
+  const digest = createHash('sha256').update('alone').digest();
+  await key!.sign({ kind: 'ecdsa', hash: 'sha256' }, digest); // loads the addon and the key's queue
+  const order: string[] = [];
+  const checkPhase = new Promise<void>((resolve) => setImmediate(() => (order.push('check phase'), resolve())));
+  const signed = key!.sign({ kind: 'ecdsa', hash: 'sha256' }, digest).then((sig) => {
+    order.push('signed');
+    return verify('sha256', Buffer.from('alone'), createPublicKey(ec), sig);
+  });
+  expect(await signed).toBe(true);
+  await checkPhase;
+  expect(order).toEqual(['signed', 'check phase']);
+  await backend.close();
+});

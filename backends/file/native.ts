@@ -52,10 +52,11 @@ export const NATIVE_THREADS = Math.max(1, Math.min(Number(process.env.UV_THREADP
 
 /**
  * The file backend's path to the addon's batched queue. Operations submitted in one turn
- * of the event loop go to the worker threads in one hand-off: while the threads are busy it
- * happens in the loop's check phase, after every request of every TLS chunk read in the turn
- * has been dispatched (one lock and one wake-up per turn rather than per chunk); when they are
- * idle, in a microtask right after the chunk, so a lone request does not wait. Every result
+ * of the event loop go to the worker threads in one hand-off, in a microtask right after the
+ * TLS chunk that brought them; but ECDSA and Ed25519 operations that find every thread busy
+ * wait for the loop's check phase, after every chunk read in the turn has been dispatched:
+ * one lock and one wake-up per turn rather than per chunk, where the hand-off is a
+ * noticeable part of an 18 us signature (measured in docs/benchmarks.md). Every result
  * finished by the time the main thread wakes comes back in one call, which settles each
  * waiting promise. An ECDSA or Ed25519 operation that comes alone while every thread is idle
  * runs inline in flush instead (openssl_keys.c, runs_inline: cheaper than two thread
@@ -84,11 +85,12 @@ export class NativeQueue {
       this.waiters[slot] = { resolve, reject, failure };
       if (!this.flushQueued) {
         this.flushQueued = true;
-        // Nothing in the threads' hands: hand over (or sign inline) at once, for the lone
-        // request's latency. Threads busy: an earlier hand-off would only wait, so gather the
-        // whole turn's operations into one.
-        if (this.outstanding === 0) queueMicrotask(this.flush);
-        else setImmediate(this.flush);
+        // Handed over at once while a thread may be idle (so the request does not wait for the
+        // rest of the turn) and for RSA (a thread that finishes early should find the next
+        // 250 us of work queued). Only a cheap operation with every thread busy waits for the
+        // check phase, gathered with the rest of the turn's into one hand-off.
+        if (this.outstanding >= NATIVE_THREADS && (op === NativeOp.ecdsa || op === NativeOp.ed25519)) setImmediate(this.flush);
+        else queueMicrotask(this.flush);
       }
       this.outstanding += 1;
     });

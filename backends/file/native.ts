@@ -58,9 +58,10 @@ export const NATIVE_THREADS = Math.max(1, Math.min(Number(process.env.UV_THREADP
  * one lock and one wake-up per turn rather than per chunk, where the hand-off is a
  * noticeable part of an 18 us signature (measured in docs/benchmarks.md). Every result
  * finished by the time the main thread wakes comes back in one call, which settles each
- * waiting promise. An ECDSA or Ed25519 operation that comes alone while every thread is idle
- * runs inline in flush instead (openssl_keys.c, runs_inline: cheaper than two thread
- * hand-offs). Slots are small integers reused through a free list.
+ * waiting promise. An operation that comes alone while every thread is idle runs inline in
+ * flush instead (openssl_keys.c, runs_inline: cheaper than two thread hand-offs): ECDSA and
+ * Ed25519 always, RSA up to 2,048 bits only after 1 ms with nothing in flight. Slots are
+ * small integers reused through a free list.
  */
 export class NativeQueue {
   private readonly waiters: Array<Waiter | undefined> = [];

@@ -266,6 +266,7 @@ typedef struct {
   int thread_count;
   int idle_workers;                /* waiting on `ready`, under lock */
   uint32_t in_hands;               /* main thread only: flushed to the workers, not yet delivered */
+  uint64_t quiet_since;            /* main thread only: uv_hrtime() when the last operation was answered */
   int stopping;
   napi_env env;
   napi_ref on_done;
@@ -343,6 +344,7 @@ static void queue_deliver(uv_async_t *handle) {
   uint32_t count = 0;
   while (done) { job_t *next = done->next; done->next = ordered; ordered = done; done = next; count++; }
   q->in_hands -= count;
+  if (q->in_hands == 0) q->quiet_since = uv_hrtime();
   napi_env env = q->env;
   napi_handle_scope scope;
   if (napi_open_handle_scope(env, &scope) != napi_ok) return;
@@ -464,19 +466,29 @@ static queue_t *only_queue_arg(napi_env env, napi_callback_info info) {
 }
 
 /*
- * An ECDSA or Ed25519 operation that arrives alone, with no other in the workers' hands, runs
- * right here: it costs ~25-50 us, less than what handing it over costs (a futex wake of a
- * sleeping thread, then a uv_async wake of this loop for the result: two context switches,
- * each a point where a small machine preempts the main thread). Nobody waits behind it:
- * every thread is idle. RSA (~0.7 ms for a 2048-bit signature) always goes to a thread.
+ * An operation that arrives alone, with no other in the workers' hands, may run right here:
+ * handing it over costs a futex wake of a sleeping thread, then a uv_async wake of this loop for
+ * the result, two context switches, each a point where a small machine preempts the main
+ * thread. Nobody waits behind it: every thread is idle.
+ * - ECDSA and Ed25519 (~20-50 us) always: cheaper than the hand-over.
+ * - RSA (~0.25 ms for a 2,048-bit key) holds the event loop for its whole length, so only keys
+ *   of at most 2,048 bits, and only once the queue has answered everything and stayed quiet
+ *   for QUIET_BEFORE_INLINE_RSA_NS. Requests that arrive one at a time at a steady rate would
+ *   otherwise be signed one after another on the main thread while the other cores idle
+ *   (measured: -25% at 4 sessions x 1 in flight). Alone it takes ~0.3 ms off an RSA
+ *   handshake through the edge (docs/benchmarks.md).
  */
+#define QUIET_BEFORE_INLINE_RSA_NS (1000 * 1000)
+
 static int runs_inline(const queue_t *q) {
   const job_t *job = q->local_head;
-  return q->in_hands == 0 && job == q->local_tail && (job->op == OP_ECDSA || job->op == OP_ED25519);
+  if (q->in_hands != 0 || job != q->local_tail) return 0;
+  if (job->op == OP_ECDSA || job->op == OP_ED25519) return 1;
+  return EVP_PKEY_get_bits(job->pkey) <= 2048 && uv_hrtime() - q->quiet_since >= QUIET_BEFORE_INLINE_RSA_NS;
 }
 
-/* flush(queue): hands every submitted operation to the workers at once, or runs a lone cheap
-   one inline and returns its result as [slot, Buffer | error string]. */
+/* flush(queue): hands every submitted operation to the workers at once, or runs a lone one
+   inline (runs_inline) and returns its result as [slot, Buffer | error string]. */
 static napi_value flush(napi_env env, napi_callback_info info) {
   queue_t *q = only_queue_arg(env, info);
   if (q == NULL || q->local_head == NULL) return NULL;
@@ -484,6 +496,7 @@ static napi_value flush(napi_env env, napi_callback_info info) {
     job_t *job = q->local_head;
     q->local_head = q->local_tail = NULL;
     execute(job);
+    q->quiet_since = uv_hrtime();
     ctx_cache_clear(); /* the main thread keeps no context: it never sleeps where it could drop them */
     job->next = NULL;
     return results_of(env, job, 1);

@@ -1,4 +1,4 @@
-import { constants, createHash, generateKeyPairSync, createPublicKey, publicEncrypt, verify } from 'node:crypto';
+import { constants, createHash, generateKeyPairSync, createPublicKey, publicEncrypt, verify, type KeyObject } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,19 +7,31 @@ import { FileBackend, fileBackendSchema } from '../../backends/file';
 import { CryptoFailureError } from '../../src/errors';
 import { createLogger } from '../../src/log';
 
+/** A file backend over a fresh folder holding `keys` (name -> private key), opened. */
+async function openBackendWith(keys: Record<string, KeyObject>) {
+  const dir = mkdtempSync(join(tmpdir(), 'keylessd-queue-'));
+  for (const [name, privateKey] of Object.entries(keys)) writeFileSync(join(dir, `${name}.pem`), privateKey.export({ format: 'pem', type: 'pkcs8' }));
+  const backend = new FileBackend(fileBackendSchema.parse({ type: 'file', dir }), createLogger('error', new Writable({ write: (_c, _e, done) => done() })));
+  const opened = (await backend.open()).keys;
+  return { backend, key: (name: string) => opened.find((k) => k.name === name)! };
+}
+
+/** Which settles first: `operation` (started now) or an immediate scheduled just before it. */
+async function firstOf(operation: () => Promise<boolean>): Promise<string[]> {
+  const order: string[] = [];
+  const checkPhase = new Promise<void>((resolve) => setImmediate(() => (order.push('check phase'), resolve())));
+  const done = operation().then((ok) => order.push(ok ? 'answered' : 'answered wrongly'));
+  await Promise.all([checkPhase, done]);
+  return order;
+}
+
 // File keys sign through the addon's batched queue: many operations handed over in one
 // flush, results delivered many per wake-up. Every result must reach its own caller.
 test('hundreds of concurrent signatures with different keys and inputs each verify against their own input', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'keylessd-queue-'));
   const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
   const ed = generateKeyPairSync('ed25519').privateKey;
   const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
-  writeFileSync(join(dir, 'ec.pem'), ec.export({ format: 'pem', type: 'pkcs8' }));
-  writeFileSync(join(dir, 'ed.pem'), ed.export({ format: 'pem', type: 'pkcs8' }));
-  writeFileSync(join(dir, 'rsa.pem'), rsa.export({ format: 'pem', type: 'pkcs8' }));
-  const backend = new FileBackend(fileBackendSchema.parse({ type: 'file', dir }), createLogger('error', new Writable({ write: (_c, _e, done) => done() })));
-  const { keys } = await backend.open();
-  const key = (name: string) => keys.find((k) => k.name === name)!;
+  const { backend, key } = await openBackendWith({ ec, ed, rsa });
   const jobs = Array.from({ length: 600 }, (_, i) => {
     const message = Buffer.from(`message ${i}`);
     const digest = createHash('sha256').update(message).digest();
@@ -35,14 +47,10 @@ test('hundreds of concurrent signatures with different keys and inputs each veri
 });
 
 test('a failed operation rejects only its own caller, with CryptoFailureError naming the key', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'keylessd-queue-'));
-  const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
-  writeFileSync(join(dir, 'rsa.pem'), rsa.export({ format: 'pem', type: 'pkcs8' }));
-  const backend = new FileBackend(fileBackendSchema.parse({ type: 'file', dir }), createLogger('error', new Writable({ write: (_c, _e, done) => done() })));
-  const [key] = (await backend.open()).keys;
-  const good = key!.sign({ kind: 'rsa-pkcs1', hash: 'sha256' }, Buffer.alloc(32, 1));
+  const { backend, key } = await openBackendWith({ rsa: generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey });
+  const good = key('rsa').sign({ kind: 'rsa-pkcs1', hash: 'sha256' }, Buffer.alloc(32, 1));
   // A 256-byte "ciphertext" of all ones is larger than the modulus: raw decryption fails.
-  const bad = key!.decrypt('rsa-raw', Buffer.alloc(256, 0xff));
+  const bad = key('rsa').decrypt('rsa-raw', Buffer.alloc(256, 0xff));
   await expect(bad).rejects.toThrow(CryptoFailureError);
   await expect(bad).rejects.toThrow(/decryption with key rsa failed/);
   await expect(good).resolves.toHaveLength(256);
@@ -54,14 +62,9 @@ test('a failed operation rejects only its own caller, with CryptoFailureError na
 // one of those must each get a context set up for themselves: a signature made with the
 // wrong digest or padding would not verify, and a decryption with the wrong padding fails.
 test('interleaved operations that differ only in key, digest, padding or operation each get their own result', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'keylessd-queue-'));
   const rsaA = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
   const rsaB = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
-  writeFileSync(join(dir, 'a.pem'), rsaA.export({ format: 'pem', type: 'pkcs8' }));
-  writeFileSync(join(dir, 'b.pem'), rsaB.export({ format: 'pem', type: 'pkcs8' }));
-  const backend = new FileBackend(fileBackendSchema.parse({ type: 'file', dir }), createLogger('error', new Writable({ write: (_c, _e, done) => done() })));
-  const { keys } = await backend.open();
-  const handle = (name: string) => keys.find((k) => k.name === name)!;
+  const { backend, key: handle } = await openBackendWith({ a: rsaA, b: rsaB });
   const pss = (saltLength: number) => ({ padding: constants.RSA_PKCS1_PSS_PADDING, saltLength });
   const jobs = Array.from({ length: 240 }, (_, i) => {
     const [name, privateKey] = i % 2 === 0 ? ['a', rsaA] : ['b', rsaB];
@@ -96,22 +99,12 @@ test('interleaved operations that differ only in key, digest, padding or operati
 // A P-256 signature alone is made inline in a microtask, so it settles before an immediate
 // scheduled just before it; handed over in the check phase, it would settle after.
 test('a lone ECDSA signature with the threads idle settles before the next check phase', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'keylessd-queue-'));
   const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
-  writeFileSync(join(dir, 'ec.pem'), ec.export({ format: 'pem', type: 'pkcs8' }));
-  const backend = new FileBackend(fileBackendSchema.parse({ type: 'file', dir }), createLogger('error', new Writable({ write: (_c, _e, done) => done() })));
-  const [key] = (await backend.open()).keys;
+  const { backend, key } = await openBackendWith({ ec });
   const digest = createHash('sha256').update('alone').digest();
-  await key!.sign({ kind: 'ecdsa', hash: 'sha256' }, digest); // loads the addon and the key's queue
-  const order: string[] = [];
-  const checkPhase = new Promise<void>((resolve) => setImmediate(() => (order.push('check phase'), resolve())));
-  const signed = key!.sign({ kind: 'ecdsa', hash: 'sha256' }, digest).then((sig) => {
-    order.push('signed');
-    return verify('sha256', Buffer.from('alone'), createPublicKey(ec), sig);
-  });
-  expect(await signed).toBe(true);
-  await checkPhase;
-  expect(order).toEqual(['signed', 'check phase']);
+  await key('ec').sign({ kind: 'ecdsa', hash: 'sha256' }, digest); // loads the addon and the key's queue
+  const order = await firstOf(() => key('ec').sign({ kind: 'ecdsa', hash: 'sha256' }, digest).then((sig) => verify('sha256', Buffer.from('alone'), createPublicKey(ec), sig)));
+  expect(order).toEqual(['answered', 'check phase']);
   await backend.close();
 });
 
@@ -119,20 +112,11 @@ test('a lone ECDSA signature with the threads idle settles before the next check
 // two thread wake-ups were ~0.3 ms of an edge handshake. Generating the key below takes far
 // longer than the 1 ms of quiet the queue asks for before it signs RSA on the main thread.
 test('a lone RSA-2048 signature after a quiet spell settles before the next check phase', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'keylessd-queue-'));
   const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
-  writeFileSync(join(dir, 'rsa.pem'), rsa.export({ format: 'pem', type: 'pkcs8' }));
-  const backend = new FileBackend(fileBackendSchema.parse({ type: 'file', dir }), createLogger('error', new Writable({ write: (_c, _e, done) => done() })));
-  const [key] = (await backend.open()).keys;
+  const { backend, key } = await openBackendWith({ rsa });
   const digest = createHash('sha256').update('alone').digest();
-  const order: string[] = [];
-  const checkPhase = new Promise<void>((resolve) => setImmediate(() => (order.push('check phase'), resolve())));
-  const signed = key!.sign({ kind: 'rsa-pss', hash: 'sha256' }, digest).then((sig) => {
-    order.push('signed');
-    return verify('sha256', Buffer.from('alone'), { key: createPublicKey(rsa), padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 }, sig);
-  });
-  expect(await signed).toBe(true);
-  await checkPhase;
-  expect(order).toEqual(['signed', 'check phase']);
+  const pss = { key: createPublicKey(rsa), padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 };
+  const order = await firstOf(() => key('rsa').sign({ kind: 'rsa-pss', hash: 'sha256' }, digest).then((sig) => verify('sha256', Buffer.from('alone'), pss, sig)));
+  expect(order).toEqual(['answered', 'check phase']);
   await backend.close();
 });

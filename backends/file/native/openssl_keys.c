@@ -136,12 +136,15 @@ static void ctx_keep(const job_t *job, EVP_PKEY_CTX *ctx) {
   *entry = (cached_ctx_t){ .pkey = job->pkey, .op = job->op, .hash = job->hash, .ctx = ctx };
 }
 
+static int decrypts(const job_t *job) {
+  return job->op == OP_DECRYPT_RAW || job->op == OP_DECRYPT_OAEP_SHA256;
+}
+
 /* A new context for this job's key, operation and digest, or NULL (the error is in the job). */
 static EVP_PKEY_CTX *ctx_new(job_t *job) {
   EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(job->pkey, NULL);
-  int decrypting = job->op == OP_DECRYPT_RAW || job->op == OP_DECRYPT_OAEP_SHA256;
   if (ctx == NULL) { record_error(job, "EVP_PKEY_CTX_new failed"); return NULL; }
-  if ((decrypting ? EVP_PKEY_decrypt_init(ctx) : EVP_PKEY_sign_init(ctx)) <= 0) { record_error(job, "operation init failed"); goto failed; }
+  if ((decrypts(job) ? EVP_PKEY_decrypt_init(ctx) : EVP_PKEY_sign_init(ctx)) <= 0) { record_error(job, "operation init failed"); goto failed; }
   switch (job->op) {
     case OP_RSA_PKCS1:
       if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) <= 0) { record_error(job, "set padding failed"); goto failed; }
@@ -174,7 +177,7 @@ failed:
 
 static int run_pkey_ctx_op(job_t *job) {
   int ok = 0;
-  int decrypting = job->op == OP_DECRYPT_RAW || job->op == OP_DECRYPT_OAEP_SHA256;
+  int decrypting = decrypts(job);
   EVP_PKEY_CTX *ctx = ctx_take(job);
   if (ctx == NULL && (ctx = ctx_new(job)) == NULL) return 0;
   size_t out_len = 0;

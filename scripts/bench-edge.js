@@ -29,6 +29,7 @@ const os = require('node:os');
 const path = require('node:path');
 const tls = require('node:tls');
 const { parseArgs } = require('node:util');
+const { CLK_TCK, cpuMs, nodeFlags } = require('./bench-proc');
 
 const ROOT = path.resolve(__dirname, '..');
 const MODULE = path.join(ROOT, 'build/pkcs11/libkeylessd-pkcs11.so');
@@ -48,7 +49,6 @@ process.on('SIGINT', () => process.exit(130));
 process.on('SIGTERM', () => process.exit(143));
 
 // SERVER_FLAGS / AGENT_FLAGS: node flags for keylessd / the agent, as words (e.g. --cpu-prof, --perf-basic-prof).
-const nodeFlags = (variable) => (process.env[variable] || '').split(' ').filter(Boolean);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const freePort = () =>
   new Promise((resolve) => {
@@ -92,16 +92,6 @@ function handshakeOnce(port, options) {
   });
 }
 
-/** CPU time (user + system, ms) a process and all its threads have used; nginx: master and workers. */
-const CLK_TCK = 100;
-function cpuMs(pid) {
-  try {
-    const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-    return ((Number(f[11]) + Number(f[12])) * 1000) / CLK_TCK;
-  } catch {
-    return 0;
-  }
-}
 function childrenOf(pid) {
   try {
     return fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);

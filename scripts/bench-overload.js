@@ -16,6 +16,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { parseArgs } = require('node:util');
+const { cpuMs, nodeFlags } = require('./bench-proc');
 const { WebSocket } = require('ws');
 const { ensureDevState } = require('../dist/src/daemon/devstate');
 const { runLoad, webSocketConnection } = require('../dist/src/bench/load');
@@ -60,7 +61,7 @@ backends: [{ type: file, name: demo, dir: ${S}/keys }]
 }
 
 async function serve(file) {
-  const child = spawn(process.execPath, [...(process.env.SERVER_FLAGS || '').split(' ').filter(Boolean), path.join(__dirname, '../dist/src/cli/keylessd.js'), '--config', file, '--log-level', 'error'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const child = spawn(process.execPath, [...nodeFlags('SERVER_FLAGS'), path.join(__dirname, '../dist/src/cli/keylessd.js'), '--config', file, '--log-level', 'error'], { stdio: ['ignore', 'ignore', 'inherit'] });
   const deadline = Date.now() + 20_000;
   for (;;) {
     try {
@@ -79,18 +80,13 @@ async function stop(child) {
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-/** CPU seconds (user + system) a process has used, from /proc (clock ticks of 1/100 s). */
-function cpuSeconds(pid) {
-  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
 /** Cores each side used while `phase` ran: keylessd's process and this one (the load generator). */
 async function withCpu(daemon, phase) {
-  const [server, generator, started] = [cpuSeconds(daemon.pid), process.cpuUsage(), performance.now()];
+  const [server, generator, started] = [cpuMs(daemon.pid), process.cpuUsage(), performance.now()];
   const result = await phase();
   const seconds = (performance.now() - started) / 1000;
   const used = process.cpuUsage(generator);
-  return { ...result, cores: { keylessd: (cpuSeconds(daemon.pid) - server) / seconds, generator: (used.user + used.system) / 1e6 / seconds } };
+  return { ...result, cores: { keylessd: (cpuMs(daemon.pid) - server) / 1000 / seconds, generator: (used.user + used.system) / 1e6 / seconds } };
 }
 const cores = (c) => `CPU: keylessd ${c.keylessd.toFixed(2)} cores, load generator ${c.generator.toFixed(2)} cores`;
 const tls = () => ({ ca: fs.readFileSync(`${state}/pki/ca.crt`), cert: fs.readFileSync(`${state}/pki/client.crt`), key: fs.readFileSync(`${state}/pki/client.key`) });

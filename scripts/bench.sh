@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every figure of issue 17 (docs/benchmarks.md) in one run, on this machine, server and load
 # generator sharing it, each with the limit measured in the same run and the ratio.
-# Needs `npm run build` done, softhsm2 and opensc installed. Run it under the shared lock:
+# Needs `npm run build` done, softhsm2, opensc and jq installed. Run it under the shared lock:
 #   flock /work/notes/bench.lock scripts/bench.sh [SECONDS]          (default 8 s per measurement)
 #   flock /work/notes/bench.lock scripts/bench.sh --profile [SECONDS]
 #   flock /work/notes/bench.lock scripts/bench.sh --cpu [SECONDS]
@@ -94,6 +94,9 @@ if [ "$quick" = 1 ]; then
   serve on; p256_cpu; stop
   exit 0
 fi
+# The full run: jq reads bench-overload.js --json for the summary; checked now rather than
+# when that section comes, minutes into the run.
+command -v jq >/dev/null || { echo "bench.sh: jq not found (apt-get install jq)" >&2; exit 1; }
 
 echo "== openssl speed -multi $(nproc) (the limits, same run)"
 R[rsa]=$(speed rsa2048); R[ecdsa]=$(speed ecdsap256); R[ed25519]=$(speed ed25519)

@@ -10,6 +10,7 @@ import { generateKey, startDaemon, writeKeyDir, type RunningDaemon } from '../he
 import { makeTestPki, type TestPki } from '../helpers/pki';
 import { freePort } from '../helpers/ports';
 import { agentRequest, ensureModule, handshake, keyUri, MODULE, moduleEnv, openDir, run, selfSignedCertificates, startAgent, startNginx, type Agent, type Nginx } from './harness';
+import { keepBusy } from '../helpers/load';
 import { until } from '../helpers/until';
 
 const TIMEOUT_MS = 1500; // the module's KEYLESSD_PKCS11_TIMEOUT_MS here
@@ -124,25 +125,21 @@ test('one of two replicas killed under load: no failed handshake after the failo
     const response = await agentRequest(agent.socket, { id: 7, ping: { payload: Buffer.from('x') } });
     return response.result === 'pong';
   }, 15_000, 'the agent to hold sessions to both replicas');
-  let stop = false;
   let killedAt = 0;
   const failures: number[] = [];
   let ok = 0;
-  const load = Array.from({ length: 4 }, async (_, i) => {
-    while (!stop) {
-      const started = Date.now();
-      const result = await handshake(nginxPort, caFile, i % 2 ? ecdsa : rsaPss);
-      if (result.ok) ok++;
-      else failures.push(started);
-    }
+  const load = keepBusy(4, async (loop) => {
+    const started = Date.now();
+    const result = await handshake(nginxPort, caFile, loop % 2 ? ecdsa : rsaPss);
+    if (result.ok) ok++;
+    else failures.push(started);
   });
   await until(() => ok >= 20, 30_000, 'some handshakes before the kill');
   killedAt = Date.now();
   await stopReplica(0);
   const okAtKill = ok;
   await until(() => ok >= okAtKill + 40, 30_000, 'handshakes after the kill');
-  stop = true;
-  await Promise.all(load);
+  await load.stop();
   // The pool retries a lost request on the other replica; a handshake that started more than one
   // timeout after the kill must not fail.
   expect(failures.filter((started) => started > killedAt + TIMEOUT_MS)).toEqual([]);

@@ -20,6 +20,7 @@ import { ConfigError } from '../../src/errors';
 import type { Backend, KeyHandle } from '../../src/core/keys/types';
 import { createLogger } from '../../src/log';
 import { startDaemon, type RunningDaemon } from '../helpers/daemon';
+import { answerOf, keepBusy } from '../helpers/load';
 import { until } from '../helpers/until';
 import { verifies } from '../helpers/verify';
 
@@ -128,22 +129,20 @@ describe('every key type and scheme, through the daemon', () => {
 
   test('sessions closed underneath the daemon under load: some BACKEND_UNAVAILABLE, then signing works again without a restart', async () => {
     const message = Buffer.from('fault');
-    let stop = false;
     const outcomes: string[] = [];
     /** While set, the load loops wait here between requests. */
     let gate: Promise<void> | undefined;
     let parked = 0;
-    const load = Array.from({ length: 16 }, async () => {
-      while (!stop) {
-        if (gate) {
-          parked++;
-          await gate;
-          parked--;
-        }
-        outcomes.push(await outcome(session.sign({ name: 'p256' }, 'ECDSA_SHA256', { message })));
+    const load = keepBusy(16, async () => {
+      if (gate) {
+        parked++;
+        await gate;
+        parked--;
       }
+      outcomes.push(await answerOf(session.sign({ name: 'p256' }, 'ECDSA_SHA256', { message })));
     });
-    await until(() => outcomes.length >= 200, 60_000, '200 signatures under load');
+    const loaded = <T>(check: () => T) => () => (load.assertRunning(), check());
+    await until(loaded(() => outcomes.length >= 200), 60_000, '200 signatures under load');
     // What a token reset or an HSM failover does to an application: its sessions end. Done from
     // this process, C_CloseAllSessions frees SoftHSM's session objects under any C_Sign running
     // on them (a use-after-free that crashed this jest worker once in ~24 loaded runs; a real
@@ -151,15 +150,14 @@ describe('every key type and scheme, through the daemon', () => {
     // 16 loops then all hit the closed sessions at once.
     let resume!: () => void;
     gate = new Promise((resolve) => (resume = resolve));
-    await until(() => parked === 16, 60_000, 'every load loop to get the answer to its request in flight');
+    await until(loaded(() => parked === 16), 60_000, 'every load loop to get the answer to its request in flight');
     softhsm().C_CloseAllSessions(slotOf('keyless-test'));
     gate = undefined;
     resume();
-    await until(() => outcomes.includes('BACKEND_UNAVAILABLE'), 60_000, 'BACKEND_UNAVAILABLE once the sessions are closed');
+    await until(loaded(() => outcomes.includes('BACKEND_UNAVAILABLE')), 60_000, 'BACKEND_UNAVAILABLE once the sessions are closed');
     const failedAt = outcomes.lastIndexOf('BACKEND_UNAVAILABLE');
-    await until(() => outcomes.slice(failedAt).filter((o) => o === 'ok').length >= 200, 60_000, '200 signatures after the last failure');
-    stop = true;
-    await Promise.all(load);
+    await until(loaded(() => outcomes.slice(failedAt).filter((o) => o === 'ok').length >= 200), 60_000, '200 signatures after the last failure');
+    await load.stop();
     expect(new Set(outcomes)).toEqual(new Set(['ok', 'BACKEND_UNAVAILABLE']));
     const signature = await session.sign({ name: 'p256' }, 'ECDSA_SHA256', { message });
     expect(verify('sha256', message, createPublicKey(KEYS.p256!), signature)).toBe(true);

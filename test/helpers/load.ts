@@ -18,8 +18,9 @@ export interface Load {
  * Each loop also gives the event loop a turn between requests. A request that fails at once (a
  * client whose session is closed rejects without any I/O) would otherwise make the loops spin
  * on microtasks alone: no timer fires, so neither until()'s deadline nor jest's timeout ends
- * the test, and the outcomes grow until V8 aborts the worker (CI, 2026-12-03: 52 minutes, then
- * "invalid size error" in token-removal.test.ts).
+ * anything, and the outcomes grow until V8 aborts the worker. CI, 2026-12-03: the session of
+ * token-removal.test.ts closed under its running loops (as afterAll does after any failed
+ * expectation) and 52 minutes later V8 gave up ("invalid size error"), the cause never printed.
  */
 export function keepBusy(loops: number, request: (loop: number) => Promise<unknown>): Load {
   let stopping = false;

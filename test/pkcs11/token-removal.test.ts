@@ -1,6 +1,6 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createPublicKey, generateKeyPairSync, verify, type KeyObject } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
@@ -90,13 +90,16 @@ beforeAll(async () => {
 }, 120_000);
 
 afterAll(async () => {
-  // A loop that ended on an error has failed the test already; here the others only stop.
+  // A failed expectation leaves the load running: it stops before its session closes. (A loop
+  // that ended on an error has failed the test already.)
   await load?.stop().catch(() => undefined);
   await session?.close();
-  if (!daemon || daemon.exitCode !== null) return;
-  const exited = new Promise((resolve) => daemon.once('exit', resolve));
-  daemon.kill('SIGTERM');
-  await exited;
+  if (daemon && daemon.exitCode === null) {
+    const exited = new Promise((resolve) => daemon.once('exit', resolve));
+    daemon.kill('SIGTERM');
+    await exited;
+  }
+  rmSync(work, { recursive: true, force: true });
 });
 
 test('the token folder moved away under load and back: BACKEND_UNAVAILABLE, /readyz and keyless_backend_up say so, the file backend keeps serving, then the token serves again without a restart', async () => {

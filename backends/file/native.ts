@@ -1,7 +1,5 @@
 import { availableParallelism } from 'node:os';
-import { join } from 'node:path';
-import { InstallationError } from '../../src/errors';
-import { packageRoot } from '../../src/util/package-root';
+import { loadAddon } from '../../src/util/package-root';
 
 /** Operation and hash numbers shared with openssl_keys.c. */
 export const NativeOp = { rsaPkcs1: 0, rsaPss: 1, ecdsa: 2, ed25519: 3, decryptRaw: 4, decryptOaepSha256: 5 } as const;
@@ -24,14 +22,7 @@ let addon: NativeAddon | undefined;
 
 /** The OpenSSL addon built by `npm ci` (binding.gyp); loaded on first use. */
 export function nativeAddon(): NativeAddon {
-  if (!addon) {
-    const path = join(packageRoot(), 'build', 'Release', 'keyless_openssl.node');
-    try {
-      addon = require(path) as NativeAddon;
-    } catch (err) {
-      throw new InstallationError(`cannot load the native signer ${path} (run \`npm ci\` or \`npm run build:native\`): ${(err as Error).message}`, { cause: err });
-    }
-  }
+  addon ??= loadAddon<NativeAddon>('keyless_openssl', 'the native signer');
   return addon;
 }
 

@@ -185,16 +185,10 @@ export class Pkcs11Backend implements Backend, ModuleUser {
     // turns before it runs again, and a C_Finalize must wait for it all the same.
     return this.life.track(async () => {
       const session = this.pool.take() ?? (await this.waitForSession(`${operation} with key ${key.name}`));
-      const module = this.module!;
       try {
         const object = key.object;
         if (!object) throw new KeyNotFoundError(`key ${key.name} is no longer on the token of backend ${this.name}`);
-        if (operation === 'sign') {
-          module.C_SignInit(session, mechanism, object);
-          return await module.C_SignAsync(session, data, Buffer.alloc(outputLength));
-        }
-        module.C_DecryptInit(session, mechanism, object);
-        return await module.C_DecryptAsync(session, data, Buffer.alloc(outputLength));
+        return await this.shared!.operate(operation, session, object, mechanism, data, outputLength);
       } catch (err) {
         throw this.failure(err, session, `${operation} with key ${key.name}`);
       } finally {

@@ -3,6 +3,7 @@ import * as pkcs11js from 'pkcs11js';
 import { BackendUnavailableError, KeylessdError, TimeoutError } from '../../src/errors';
 import { withDeadline } from '../lifecycle';
 import { PendingRequests } from '../pending';
+import { tokenCalls } from './token-calls';
 
 /**
  * A PKCS#11 module is process-global: loaded and initialized once, whatever number of
@@ -199,6 +200,7 @@ export class SharedModule {
   private readonly pending = new PendingRequests<unknown>();
   private readonly users = new Set<ModuleUser>();
   private reinitializing?: Promise<void>;
+  private calls?: ReturnType<typeof tokenCalls>;
   /** Counts C_Finalize + C_Initialize cycles. */
   generation = 0;
 
@@ -206,6 +208,12 @@ export class SharedModule {
     readonly path: string,
     readonly module: pkcs11js.PKCS11,
   ) {}
+
+  /** One private-key operation, its Init call included, on a libuv pool thread (token-calls.ts). */
+  operate(operation: 'sign' | 'decrypt', session: pkcs11js.Handle, key: pkcs11js.Handle, mechanism: pkcs11js.Mechanism, input: Buffer, outputLength: number): Promise<Buffer> {
+    this.calls ??= tokenCalls(this.path);
+    return this.calls(operation, session, key, mechanism, input, outputLength);
+  }
 
   /** Runs a blocking operation on the module's worker thread. */
   call<T>(op: 'find' | 'attributes' | 'slots' | 'initialize' | 'finalize', ...args: unknown[]): Promise<T> {

@@ -17,3 +17,13 @@ export function packageRoot(): string {
 export function packageVersion(): string {
   return (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;
 }
+
+/** An addon of binding.gyp (`npm ci` builds them), by target name; a clear error when it was not built. */
+export function loadAddon<T>(target: string, what: string): T {
+  const path = join(packageRoot(), 'build', 'Release', `${target}.node`);
+  try {
+    return require(path) as T;
+  } catch (err) {
+    throw new InstallationError(`cannot load ${what} ${path} (run \`npm ci\` or \`npm run build:native\`): ${(err as Error).message}`, { cause: err });
+  }
+}

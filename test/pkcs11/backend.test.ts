@@ -9,6 +9,7 @@ import { createPkcs11Backend, Pkcs11Backend, pkcs11BackendSchema } from '../../b
 import { findModule } from '../../backends/pkcs11/backend';
 import { loadModule, sharedModule } from '../../backends/pkcs11/module';
 import { TokenObjects } from '../../backends/pkcs11/token-objects';
+import { tokenCalls } from '../../backends/pkcs11/token-calls';
 import { parsePkcs11Uri } from '../../backends/pkcs11/uri';
 import { validateConfig } from '../../src/config/load';
 import { openKeySet, closeKeySet } from '../../src/daemon/key-set';
@@ -254,6 +255,42 @@ describe('the backend on its own', () => {
       "the daemon's backend to sign again",
     );
     expect(new Set(answers)).toEqual(new Set(['BACKEND_UNAVAILABLE', 'ok']));
+  });
+});
+
+describe('one operation per call on a pool thread (token-calls.ts)', () => {
+  const calls = tokenCalls(MODULE);
+  let tokenSession: pkcs11js.Handle;
+  const objectOf = (label: string) => {
+    const p11 = softhsm();
+    p11.C_FindObjectsInit(tokenSession, [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY }, { type: pkcs11js.CKA_LABEL, value: label }]);
+    const [object] = p11.C_FindObjects(tokenSession, 1);
+    p11.C_FindObjectsFinal(tokenSession);
+    return object!;
+  };
+  beforeAll(() => {
+    // The daemon in this process keeps the token logged in: a session of our own sees its keys.
+    tokenSession = softhsm().C_OpenSession(slotOf('keyless-test'), pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+  });
+  afterAll(() => softhsm().C_CloseSession(tokenSession));
+
+  test('an output length too short is asked of the module and the operation finished: the signature verifies', async () => {
+    const digest = hashMessage('sha256', Buffer.from('short'));
+    const signature = await calls('sign', tokenSession, objectOf('rsa2048'), { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, parameter: { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: pkcs11js.CKM_SHA256, mgf: pkcs11js.CKG_MGF1_SHA256, saltLen: 32 } as pkcs11js.RsaPSS }, digest, 1);
+    expect(signature).toHaveLength(256);
+    expect(verify('sha256', Buffer.from('short'), { key: createPublicKey(KEYS.rsa2048!), padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 }, signature)).toBe(true);
+    // The session is free again: no operation was left active on it.
+    expect(await calls('sign', tokenSession, objectOf('p256'), { mechanism: pkcs11js.CKM_ECDSA }, digest, 64)).toHaveLength(64);
+  });
+
+  test('a failed Init or operation rejects with the CK_RV as code, and the session signs again afterwards', async () => {
+    const digest = hashMessage('sha256', Buffer.from('fails'));
+    const stale = Buffer.alloc(8, 0xff);
+    await expect(calls('sign', tokenSession, stale, { mechanism: pkcs11js.CKM_ECDSA }, digest, 64)).rejects.toMatchObject({ code: pkcs11js.CKR_OBJECT_HANDLE_INVALID, message: expect.stringContaining('C_SignInit') });
+    // RSA-2048 raw decryption needs 256 bytes of input: the operation call fails, after its Init.
+    await expect(calls('decrypt', tokenSession, objectOf('rsa2048'), { mechanism: pkcs11js.CKM_RSA_X_509 }, Buffer.alloc(3), 256)).rejects.toMatchObject({ code: expect.any(Number), message: expect.stringContaining('C_Decrypt failed') });
+    const signature = await calls('sign', tokenSession, objectOf('p256'), { mechanism: pkcs11js.CKM_ECDSA }, digest, 64);
+    expect(verify('sha256', Buffer.from('fails'), { key: createPublicKey(KEYS.p256!), dsaEncoding: 'ieee-p1363' }, signature)).toBe(true);
   });
 });
 

@@ -5,16 +5,19 @@
 #   flock /work/notes/bench.lock scripts/bench.sh [SECONDS]          (default 8 s per measurement)
 #   flock /work/notes/bench.lock scripts/bench.sh --profile [SECONDS]
 #   flock /work/notes/bench.lock scripts/bench.sh --cpu [SECONDS]
+#   flock /work/notes/bench.lock scripts/bench.sh --hsm [SECONDS]
 # --profile runs only P-256 at 8 x 16 with keylessd under `node --cpu-prof` and prints the
 # main thread's time per request split into stages (src/bench/profile-stages.ts).
 # --cpu runs only P-256 at 8 x 16 and the server's CPU per request (a quick check while working).
+# --hsm runs only the SoftHSM2 comparison (raw pkcs11js against keylessd, 8 sessions each).
 # IDLE_SESSIONS=N (default 10000; 0 skips) sets the idle-session memory measurement.
 # SERVER_FLAGS="…" passes node flags to keylessd (e.g. the garbage-collector settings of docs/benchmarks.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-profile=0; quick=0
+profile=0; quick=0; hsm_only=0
 if [ "${1:-}" = "--profile" ]; then profile=1; shift; fi
 if [ "${1:-}" = "--cpu" ]; then quick=1; shift; fi
+if [ "${1:-}" = "--hsm" ]; then hsm_only=1; shift; fi
 secs="${1:-8}"
 idle_sessions="${IDLE_SESSIONS:-10000}"
 work="$(mktemp -d)"
@@ -89,6 +92,39 @@ p256_cpu() {
   echo "$split0 $split1" | awk -v hz="$(getconf CLK_TCK)" -v n="$((n1 - n0))" '{u = 1e6 / hz / n; printf "  by thread, µs/request: event loop %.1f, signing threads %.1f, other (V8 GC helpers, libuv) %.1f\n", ($4 - $1) * u, ($5 - $2) * u, ($6 - $3) * u}'
 }
 
+# The SoftHSM2 figures: raw pkcs11js (its C_SignInit + C_SignAsync loop) and keylessd with a
+# PKCS#11 backend, the same number of sessions on each side (the issue's condition).
+HSM_SESSIONS=8
+softhsm_vs_raw() {
+  echo "== SoftHSM2: raw pkcs11js vs keylessd, $HSM_SESSIONS sessions each"
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/rsa.pem" 2>/dev/null
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/p256.pem" 2>/dev/null
+  scripts/softhsm-token.sh --dir "$work/token" --label bench --pin 1234 --import "$work/rsa.pem:bench-rsa:01" --import "$work/p256.pem:bench-p256:02" > /dev/null
+  echo 1234 > "$work/token/pin"
+  local SOFTHSM2_CONF="$work/token/softhsm2.conf"; export SOFTHSM2_CONF
+  raw() { node scripts/bench-pkcs11-raw.js /usr/lib/softhsm/libsofthsm2.so bench 1234 "$1" "$2" "$HSM_SESSIONS" "$secs" | tail -1 | jq -r '.opsPerSecond'; }
+  R[raw_rsa]=$(raw bench-rsa rsa); R[raw_p256]=$(raw bench-p256 ecdsa)
+  echo "raw pkcs11js, $HSM_SESSIONS sessions: RSA-2048 ${R[raw_rsa]} /s, P-256 ${R[raw_p256]} /s"
+  cat > "$work/hsm.yaml" <<YAML
+listen: { host: 127.0.0.1, port: 2408 }
+tls: { cert: $S/pki/server.crt, key: $S/pki/server.key, client_ca: $S/pki/ca.crt }
+metrics: { port: 2406 }
+audit: { path: $work/hsm-audit.log }
+backends: [{ type: pkcs11, name: softhsm, pool_size: $HSM_SESSIONS, uri: "pkcs11:token=bench?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:$work/token/pin" }]
+YAML
+  serve hsm
+  run hsm_rsa --key bench-rsa --algorithm RSA_PKCS1_SHA256 --sessions 8 --inflight 4
+  run hsm_p256 --key bench-p256 --algorithm ECDSA_SHA256 --sessions 8 --inflight 8
+  stop
+}
+
+if [ "$hsm_only" = 1 ]; then
+  command -v jq >/dev/null || { echo "bench.sh: jq not found (apt-get install jq)" >&2; exit 1; }
+  softhsm_vs_raw
+  awk -v r="${R[hsm_rsa.ops]}" -v rr="${R[raw_rsa]}" -v p="${R[hsm_p256.ops]}" -v rp="${R[raw_p256]}" \
+    'BEGIN {printf "keylessd against raw pkcs11js: RSA-2048 %.2f, P-256 %.2f (target ≥ 0.9)\n", r / rr, p / rp}'
+  exit 0
+fi
 if [ "$quick" = 1 ]; then
   R[ecdsa]=$(speed ecdsap256)
   serve on; p256_cpu; stop
@@ -132,26 +168,7 @@ if [ "$idle_sessions" -gt 0 ]; then
   stop
 fi
 
-echo "== SoftHSM2: raw pkcs11js (4 sessions) vs keylessd (pool 8)"
-openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/rsa.pem" 2>/dev/null
-openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/p256.pem" 2>/dev/null
-scripts/softhsm-token.sh --dir "$work/token" --label bench --pin 1234 --import "$work/rsa.pem:bench-rsa:01" --import "$work/p256.pem:bench-p256:02" > /dev/null
-echo 1234 > "$work/token/pin"
-export SOFTHSM2_CONF="$work/token/softhsm2.conf"
-raw() { node scripts/bench-pkcs11-raw.js /usr/lib/softhsm/libsofthsm2.so bench 1234 "$1" "$2" 4 "$secs" | tail -1 | jq -r '.opsPerSecond'; }
-R[raw_rsa]=$(raw bench-rsa rsa); R[raw_p256]=$(raw bench-p256 ecdsa)
-echo "raw pkcs11js, 4 sessions: RSA-2048 ${R[raw_rsa]} /s, P-256 ${R[raw_p256]} /s"
-cat > "$work/hsm.yaml" <<YAML
-listen: { host: 127.0.0.1, port: 2408 }
-tls: { cert: $S/pki/server.crt, key: $S/pki/server.key, client_ca: $S/pki/ca.crt }
-metrics: { port: 2406 }
-audit: { path: $work/hsm-audit.log }
-backends: [{ type: pkcs11, name: softhsm, pool_size: 8, uri: "pkcs11:token=bench?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:$work/token/pin" }]
-YAML
-serve hsm
-run hsm_rsa --key bench-rsa --algorithm RSA_PKCS1_SHA256 --sessions 8 --inflight 4
-run hsm_p256 --key bench-p256 --algorithm ECDSA_SHA256 --sessions 8 --inflight 8
-stop
+softhsm_vs_raw
 
 echo "== Overload: twice the peak, offered open-loop (scripts/bench-overload.js, its own daemon)"
 # overload NAME KEY: R[NAME.peak] = closed-loop peak /s; at 2x it: R[NAME.ok] = answered /s, R[NAME.over] = answered/peak,

@@ -5,7 +5,8 @@
 # the state volume on first run), on the container's loopback unless KEYLESSD_LISTEN_HOST=0.0.0.0.
 
 # Build stage: TypeScript, the protobuf code and the native addons (the repository's
-# OpenSSL signer from binding.gyp, and pkcs11js), compiled against this Node's own headers.
+# OpenSSL signer and PKCS#11 call addon from binding.gyp, and pkcs11js), compiled against
+# this Node's own headers.
 FROM node:20-bookworm-slim AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 make g++ \
@@ -17,6 +18,8 @@ WORKDIR /app
 # `npm ci` runs this package's install script (node-gyp rebuild), which needs binding.gyp and its source.
 COPY package.json package-lock.json binding.gyp ./
 COPY backends/file/native ./backends/file/native
+COPY backends/pkcs11/native ./backends/pkcs11/native
+COPY src/edge/pkcs11-module/pkcs11.h ./src/edge/pkcs11-module/pkcs11.h
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json ./
 COPY proto ./proto
@@ -43,6 +46,7 @@ COPY --from=build /app/package.json ./
 COPY --from=build /app/proto ./proto
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/build/Release/keyless_openssl.node ./build/Release/keyless_openssl.node
+COPY --from=build /app/build/Release/keyless_pkcs11.node ./build/Release/keyless_pkcs11.node
 COPY --from=build /app/dist ./dist
 COPY --from=build /app/scripts/softhsm-token.sh ./scripts/softhsm-token.sh
 ENV NODE_ENV=production \

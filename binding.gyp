@@ -11,7 +11,7 @@
       "sources": ["backends/pkcs11/native/token_calls.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
       "defines": ["NAPI_VERSION=8"],
-      "libraries": ["-ldl"]
+      "conditions": [["OS!='win'", { "libraries": ["-ldl"] }]]
     }
   ]
 }

@@ -1,5 +1,6 @@
 import * as pkcs11js from 'pkcs11js';
 import { loadAddon } from '../../src/util/package-root';
+import { UnsupportedError } from '../../src/errors';
 
 type FunctionList = { readonly __pkcs11FunctionList: unique symbol };
 
@@ -45,9 +46,9 @@ export function tokenCalls(path: string): (operation: 'sign' | 'decrypt', sessio
     }
     if (p.type === pkcs11js.CK_PARAMS_RSA_OAEP) {
       const oaep = p as pkcs11js.RsaOAEP;
-      if (oaep.sourceData?.length) throw new TypeError('an RSA-OAEP label is not supported');
+      if (oaep.sourceData?.length) throw new UnsupportedError('RSA-OAEP with a label is not supported');
       return native.run(functions, Operation[operation], session, key, mechanism.mechanism, Parameters.rsaOaep, oaep.hashAlg, oaep.mgf, oaep.source, input, outputLength);
     }
-    throw new TypeError(`mechanism 0x${mechanism.mechanism.toString(16)}: parameters of type ${p.type} are not supported`);
+    throw new UnsupportedError(`mechanism 0x${mechanism.mechanism.toString(16)}: parameters of type ${p.type} are not supported`);
   };
 }

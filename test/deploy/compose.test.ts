@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { parse } from 'yaml';
 import { parsePkcs11Uri } from '../../backends/pkcs11/uri';
 import { pkcs11BackendSchema } from '../../backends/pkcs11';
@@ -8,7 +8,7 @@ import { validateConfig } from '../../src/config/load';
 import { metricsSchema } from '../../src/config/schema';
 import { Metrics } from '../../src/metrics/metrics';
 import { MetricsServer } from '../../src/metrics/http';
-import { dockerignorePatterns, ignoredBy, parseDockerfile, type Stage } from './dockerfile';
+import { copiedBefore, coveredBy, dockerignorePatterns, ignoredBy, parseDockerfile, type Stage } from './dockerfile';
 import { exportedSeriesNames, metricNamesIn } from './metric-names';
 
 // No Docker engine runs here: these tests check everything that can be checked without one.
@@ -245,15 +245,28 @@ describe('Dockerfile', () => {
     expect(exposed).toContain(metricsSchema.parse({}).port);
   });
 
-  test('the runtime copies what the daemon loads: the native addon binding.gyp builds, dist, proto, the token script', () => {
-    const target = JSON.parse(read('binding.gyp')).targets[0].target_name;
+  test('the runtime copies what the daemon loads: the native addons binding.gyp builds, dist, proto, the token script', () => {
+    const targets = (JSON.parse(read('binding.gyp')) as { targets: Array<{ target_name: string }> }).targets.map((t) => t.target_name);
     const copies = args(runtime, 'COPY').join('\n');
-    expect(copies).toContain(`/app/build/Release/${target}.node`);
-    expect(read('backends/file/native.ts')).toContain(`'${target}.node'`);
+    expect(targets).toEqual(['keyless_openssl', 'keyless_pkcs11']);
+    for (const target of targets) expect(copies).toContain(`/app/build/Release/${target}.node`);
+    expect(read('backends/file/native.ts')).toContain(`loadAddon<NativeAddon>('keyless_openssl'`);
+    expect(read('backends/pkcs11/token-calls.ts')).toContain(`loadAddon<TokenCallsAddon>('keyless_pkcs11'`);
     for (const path of ['/app/dist', '/app/proto', '/app/package.json', '/app/node_modules', '/app/scripts/softhsm-token.sh']) expect(copies).toContain(`--from=build ${path}`);
     expect(args(runtime, 'WORKDIR')).toEqual(['/app']);
     // token-init runs these from the image (APP_DIR defaults to /app).
     expect(read('deploy/compose/init-token.sh')).toMatch(/app="\$\{APP_DIR:-\/app\}"/);
+  });
+
+  test('`npm ci` in both images sees every file node-gyp compiles: binding.gyp, its sources and the headers they include', () => {
+    const gyp = JSON.parse(read('binding.gyp')) as { targets: Array<{ sources: string[] }> };
+    const sources = gyp.targets.flatMap((t) => t.sources);
+    const included = sources.flatMap((source) => [...read(source).matchAll(/^#include "([^"]+)"/gm)].map((m) => join(dirname(source), m[1]!)));
+    expect(included).toContain('src/edge/pkcs11-module/pkcs11.h');
+    for (const file of ['Dockerfile', 'deploy/edge/Dockerfile']) {
+      const copied = copiedBefore(parseDockerfile(read(file))[0]!, /npm ci/);
+      for (const needed of ['package.json', 'package-lock.json', 'binding.gyp', ...sources, ...included]) expect([file, needed, coveredBy(copied, needed)]).toEqual([file, needed, true]);
+    }
   });
 
   test('everything COPY takes from the context exists and is not excluded by .dockerignore', () => {

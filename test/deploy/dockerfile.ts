@@ -53,3 +53,20 @@ export function dockerignorePatterns(text: string): string[] {
     .map((line) => line.trim())
     .filter((line) => line && !line.startsWith('#'));
 }
+
+/**
+ * The context paths a stage COPYs before its first RUN that matches `run` (what that RUN can
+ * see): `COPY a b ./` gives a and b; copies from another stage are left out.
+ */
+export function copiedBefore(stage: Stage, run: RegExp): string[] {
+  const at = stage.instructions.findIndex((i) => i.keyword === 'RUN' && run.test(i.args));
+  return stage.instructions
+    .slice(0, at < 0 ? undefined : at)
+    .filter((i) => i.keyword === 'COPY' && !i.args.startsWith('--from'))
+    .flatMap((i) => i.args.split(' ').slice(0, -1));
+}
+
+/** Whether `path` is one of `copied` or inside one of them. */
+export function coveredBy(copied: readonly string[], path: string): boolean {
+  return copied.some((c) => path === c || path.startsWith(`${c.replace(/\/$/, '')}/`));
+}

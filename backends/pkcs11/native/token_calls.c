@@ -8,12 +8,16 @@
  * Here Init and the operation run together on a libuv pool thread, and the event loop only
  * hands over the inputs and takes back the result.
  *
- * The module is the one pkcs11js loaded and initialized (dlopen hands back the same
- * instance), so sessions, handles and the login are shared with it. Handles arrive as
+ * The module is the one pkcs11js loaded and initialized (dlopen, or LoadLibrary on Windows,
+ * hands back the same instance), so sessions, handles and the login are shared with it. Handles arrive as
  * pkcs11js's Buffers: a CK_ULONG in the machine's byte order.
  */
 #include <node_api.h>
+#ifdef _WIN32
+#include <windows.h>
+#else
 #include <dlfcn.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,7 +146,7 @@ static void complete(napi_env env, napi_status status, void *data) {
 }
 
 /* bind(path): the function list of the (already loaded) module at `path`, as an external. */
-static napi_value bind(napi_env env, napi_callback_info info) {
+static napi_value bind_module(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1], external;
   char path[4096];
@@ -153,12 +157,21 @@ static napi_value bind(napi_env env, napi_callback_info info) {
     return NULL;
   }
   /* Never closed: the module is process-global and stays loaded for the life of the process. */
+#ifdef _WIN32
+  HMODULE library = LoadLibraryA(path);
+  if (!library) {
+    napi_throw_error(env, NULL, "LoadLibrary failed for the PKCS#11 module");
+    return NULL;
+  }
+  CK_C_GetFunctionList get = (CK_C_GetFunctionList)(void (*)(void))GetProcAddress(library, "C_GetFunctionList");
+#else
   void *library = dlopen(path, RTLD_NOW);
   if (!library) {
     napi_throw_error(env, NULL, dlerror());
     return NULL;
   }
   CK_C_GetFunctionList get = (CK_C_GetFunctionList)dlsym(library, "C_GetFunctionList");
+#endif
   CK_FUNCTION_LIST_PTR functions = NULL;
   if (!get || get(&functions) != CKR_OK || !functions) {
     napi_throw_error(env, NULL, "the module has no usable C_GetFunctionList");
@@ -172,7 +185,7 @@ static napi_value bind(napi_env env, napi_callback_info info) {
  * run(functions, operation, session, key, mechanism, paramsKind, hashAlg, mgf, saltOrSource,
  *     input, outputLength): a Promise of the output Buffer; rejects with `code` = the CK_RV.
  */
-static napi_value run(napi_env env, napi_callback_info info) {
+static napi_value run_operation(napi_env env, napi_callback_info info) {
   size_t argc = 11;
   napi_value argv[11], promise, name;
   NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
@@ -227,9 +240,9 @@ static napi_value run(napi_env env, napi_callback_info info) {
 
 NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   napi_value fn;
-  NAPI_CALL(env, napi_create_function(env, "bind", NAPI_AUTO_LENGTH, bind, NULL, &fn));
+  NAPI_CALL(env, napi_create_function(env, "bind", NAPI_AUTO_LENGTH, bind_module, NULL, &fn));
   NAPI_CALL(env, napi_set_named_property(env, exports, "bind", fn));
-  NAPI_CALL(env, napi_create_function(env, "run", NAPI_AUTO_LENGTH, run, NULL, &fn));
+  NAPI_CALL(env, napi_create_function(env, "run", NAPI_AUTO_LENGTH, run_operation, NULL, &fn));
   NAPI_CALL(env, napi_set_named_property(env, exports, "run", fn));
   return exports;
 }

@@ -283,10 +283,25 @@ describe('one operation per call on a pool thread (token-calls.ts)', () => {
     expect(await calls('sign', tokenSession, objectOf('p256'), { mechanism: pkcs11js.CKM_ECDSA }, digest, 64)).toHaveLength(64);
   });
 
-  test('a failed Init or operation rejects with the CK_RV as code, and the session signs again afterwards', async () => {
+  test('results come back matched to their operations: operations in flight on four sessions at once, each over its own digest', async () => {
+    const sessions = Array.from({ length: 4 }, () => softhsm().C_OpenSession(slotOf('keyless-test'), pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION));
+    const key = objectOf('p256');
+    const publicKey = createPublicKey(KEYS.p256!);
+    try {
+      for (let round = 0; round < 25; round++) {
+        const messages = sessions.map(() => randomBytes(20));
+        const signatures = await Promise.all(sessions.map((s, i) => calls('sign', s, key, { mechanism: pkcs11js.CKM_ECDSA }, hashMessage('sha256', messages[i]!), 64)));
+        expect(signatures.map((signature, i) => verify('sha256', messages[i]!, { key: publicKey, dsaEncoding: 'ieee-p1363' }, signature))).toEqual([true, true, true, true]);
+      }
+    } finally {
+      for (const s of sessions) softhsm().C_CloseSession(s);
+    }
+  });
+
+  test('a failed Init or operation rejects naming the call and its CK_RV, and the session signs again afterwards', async () => {
     const digest = hashMessage('sha256', Buffer.from('fails'));
     const stale = Buffer.alloc(8, 0xff);
-    await expect(calls('sign', tokenSession, stale, { mechanism: pkcs11js.CKM_ECDSA }, digest, 64)).rejects.toMatchObject({ code: pkcs11js.CKR_OBJECT_HANDLE_INVALID, message: expect.stringContaining('C_SignInit') });
+    await expect(calls('sign', tokenSession, stale, { mechanism: pkcs11js.CKM_ECDSA }, digest, 64)).rejects.toMatchObject({ code: pkcs11js.CKR_OBJECT_HANDLE_INVALID, message: expect.stringContaining('C_SignInit failed') });
     // RSA-2048 raw decryption needs 256 bytes of input: the operation call fails, after its Init.
     await expect(calls('decrypt', tokenSession, objectOf('rsa2048'), { mechanism: pkcs11js.CKM_RSA_X_509 }, Buffer.alloc(3), 256)).rejects.toMatchObject({ code: expect.any(Number), message: expect.stringContaining('C_Decrypt failed') });
     const signature = await calls('sign', tokenSession, objectOf('p256'), { mechanism: pkcs11js.CKM_ECDSA }, digest, 64);

@@ -4,14 +4,15 @@
  * Why this exists: pkcs11js runs C_Sign and C_Decrypt on a thread but C_SignInit and
  * C_DecryptInit only synchronously, on the event loop. SoftHSM2 does most of its work in
  * the Init call (it decrypts the stored key there): measured on this machine, C_SignInit
- * costs as much as the P-256 signature itself, and a network HSM pays a round trip in it.
- * Here Init and the operation run together on a libuv pool thread, and the event loop only
- * hands over the inputs and takes back the result.
+ * costs twice what the P-256 signature itself does, and a network HSM pays a round trip in
+ * it. Here Init and the operation run together on a libuv pool thread, and the event loop
+ * only hands over the inputs and takes back the result.
  *
  * The module is the one pkcs11js loaded and initialized (dlopen, or LoadLibrary on Windows,
- * hands back the same instance), so sessions, handles and the login are shared with it. Handles arrive as
- * pkcs11js's Buffers: a CK_ULONG in the machine's byte order.
+ * hands back the same instance), so sessions, handles and the login are shared with it.
+ * Handles arrive as pkcs11js's Buffers: a CK_ULONG in the machine's byte order.
  */
+#define _DEFAULT_SOURCE /* explicit_bzero; before any system header */
 #include <node_api.h>
 #ifdef _WIN32
 #include <windows.h>
@@ -107,7 +108,19 @@ static void execute(napi_env env, void *data) {
   job->rv = finish(job);
 }
 
+/* A decrypted premaster secret must not outlive its job in freed memory. */
+static void wipe(unsigned char *bytes, size_t length) {
+  if (!bytes) return;
+#ifdef _WIN32
+  SecureZeroMemory(bytes, length);
+#else
+  explicit_bzero(bytes, length);
+#endif
+}
+
 static void free_job(job_t *job) {
+  wipe(job->input, job->input_len);
+  wipe(job->output, job->output_len);
   free(job->input);
   free(job->output);
   free(job);

@@ -52,7 +52,7 @@ export function keepBusy(loops: number, request: (loop: number) => Promise<unkno
 }
 
 /** What answerOf records for an answer that `isRight` refused (a signature that does not verify). */
-export const WRONG_ANSWER = 'wrong answer';
+const WRONG_ANSWER = 'wrong answer';
 
 /**
  * 'ok', or WRONG_ANSWER, or the protocol code of the error the server answered with. Anything

@@ -79,21 +79,17 @@ static int ulong_of(napi_env env, napi_value value, CK_ULONG *out) {
  */
 static CK_RV finish(job_t *job) {
   CK_FUNCTION_LIST_PTR f = job->functions;
-  for (int attempt = 0; attempt < 2; attempt++) {
+  for (int attempt = 1;; attempt++) {
     CK_ULONG length = job->output_len;
     CK_RV rv = job->op == OP_SIGN ? f->C_Sign(job->session, job->input, job->input_len, job->output, &length)
                                   : f->C_Decrypt(job->session, job->input, job->input_len, job->output, &length);
-    if (rv == CKR_OK) {
-      job->output_len = length;
-      return CKR_OK;
-    }
-    if (rv != CKR_BUFFER_TOO_SMALL || attempt == 1) return rv;
+    if (rv == CKR_OK) job->output_len = length;
+    if (rv != CKR_BUFFER_TOO_SMALL || attempt == 2) return rv;
     unsigned char *larger = realloc(job->output, length);
     if (!larger) return CKR_HOST_MEMORY;
     job->output = larger;
     job->output_len = length;
   }
-  return CKR_GENERAL_ERROR; /* not reached */
 }
 
 static void execute(napi_env env, void *data) {

@@ -34,6 +34,8 @@ export interface LoadResult {
   readonly opsPerSecond: number;
   readonly latencyUs: { p50: number; p90: number; p99: number; p999: number };
   readonly errors: Record<string, number>;
+  /** This process's CPU time (user + system, every thread) per answered request while measuring: the load generator's own cost. */
+  readonly generatorCpuUsPerOp: number;
   /** Sessions lost during the run, by reason; their requests in flight count as `errors['no answer (session lost)']`. */
   readonly connectionErrors: Record<string, number>;
 }
@@ -98,11 +100,13 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
   await Promise.race([sleep(options.warmupSeconds * 1000), everyoneLost]);
   measuring = true;
   const started = performance.now();
+  const cpuAtStart = process.cpuUsage();
   const ticker = options.progress && setInterval(() => options.progress!(operations, (performance.now() - started) / 1000), 1000);
   await Promise.race([sleep(options.seconds * 1000), everyoneLost]);
   measuring = false;
   const elapsed = (performance.now() - started) / 1000;
   const counted = operations;
+  const cpu = process.cpuUsage(cpuAtStart);
   stopping = true;
   clearInterval(ticker);
   const drainBy = Date.now() + 5000;
@@ -114,6 +118,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
     opsPerSecond: counted / elapsed,
     latencyUs: { p50: histogram.percentile(0.5), p90: histogram.percentile(0.9), p99: histogram.percentile(0.99), p999: histogram.percentile(0.999) },
     errors,
+    generatorCpuUsPerOp: counted > 0 ? (cpu.user + cpu.system) / counted : 0,
     connectionErrors,
   };
 }

@@ -98,6 +98,9 @@ describe('against a running keylessd', () => {
     expect(result.status).toBe(0);
     expect(result.stdout).toMatch(/\r\d+ ops\/s, \d+ answered, \d of 2 s/);
     expect(result.stdout).toContain('errors: none');
+    // Its own CPU per request: on one machine, what the generator takes from the server measured.
+    const generatorUs = Number(/load generator CPU: ([\d.]+) µs per request/.exec(result.stdout)?.[1]);
+    expect(generatorUs).toBeGreaterThan(0);
   });
 });
 

@@ -29,6 +29,7 @@ function report(result: LoadResult, limit: number | undefined, json: boolean, la
   const lines = [
     `${label}: ${result.opsPerSecond.toFixed(0)} ops/s (${result.operations} in ${result.seconds.toFixed(1)} s)`,
     `latency ms: p50 ${ms(result.latencyUs.p50)}  p90 ${ms(result.latencyUs.p90)}  p99 ${ms(result.latencyUs.p99)}  p99.9 ${ms(result.latencyUs.p999)}`,
+    `load generator CPU: ${result.generatorCpuUsPerOp.toFixed(1)} µs per request`,
     `errors: ${Object.keys(result.errors).length === 0 ? 'none' : Object.entries(result.errors).map(([code, n]) => `${code} ${n}`).join(', ')}`,
   ];
   const lost = Object.entries(result.connectionErrors);

@@ -19,6 +19,8 @@ if [ "${1:-}" = "--profile" ]; then profile=1; shift; fi
 if [ "${1:-}" = "--cpu" ]; then quick=1; shift; fi
 if [ "${1:-}" = "--hsm" ]; then hsm_only=1; shift; fi
 secs="${1:-8}"
+# Every mode reads keylessctl's --json with jq: checked now rather than minutes into a run.
+command -v jq >/dev/null || { echo "bench.sh: jq not found (apt-get install jq)" >&2; exit 1; }
 idle_sessions="${IDLE_SESSIONS:-10000}"
 work="$(mktemp -d)"
 pid=""
@@ -123,7 +125,6 @@ YAML
 }
 
 if [ "$hsm_only" = 1 ]; then
-  command -v jq >/dev/null || { echo "bench.sh: jq not found (apt-get install jq)" >&2; exit 1; }
   softhsm_vs_raw
   awk -v r="${R[hsm_rsa.ops]}" -v rr="${R[raw_rsa]}" -v p="${R[hsm_p256.ops]}" -v rp="${R[raw_p256]}" \
     'BEGIN {printf "keylessd against raw pkcs11js: RSA-2048 %.2f, P-256 %.2f (target ≥ 0.9)\n", r / rr, p / rp}'
@@ -134,9 +135,6 @@ if [ "$quick" = 1 ]; then
   serve on; p256_cpu; stop
   exit 0
 fi
-# The full run: jq reads bench-overload.js --json for the summary; checked now rather than
-# when that section comes, minutes into the run.
-command -v jq >/dev/null || { echo "bench.sh: jq not found (apt-get install jq)" >&2; exit 1; }
 
 echo "== openssl speed -multi $(nproc) (the limits, same run)"
 R[rsa]=$(speed rsa2048); R[ecdsa]=$(speed ecdsap256); R[ed25519]=$(speed ed25519)
